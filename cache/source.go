@@ -1,0 +1,515 @@
+// Package cache holds tokens: one Source per distinct token configuration,
+// read without a lock on the request path, renewed in the background before
+// expiry, with at most one token request in flight and exponential backoff
+// after failures. It knows nothing of Caddyfile syntax or HTTP handlers.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
+)
+
+// Fetcher obtains tokens; *grants.Client is one.
+type Fetcher interface {
+	Token(ctx context.Context) (*grants.Token, error)
+	Refresh(ctx context.Context, refreshToken string) (*grants.Token, error)
+}
+
+// Result is the outcome of one attempt to obtain a token, for metrics and
+// events. Token is nil when Err is set.
+type Result struct {
+	Source   string
+	Token    *grants.Token
+	Err      error
+	Duration time.Duration
+	Refresh  bool // obtained with the refresh_token grant
+}
+
+// Options configure a Source. Zero values take the defaults noted.
+type Options struct {
+	// Name names the source in logs, metrics and the admin API.
+	Name    string
+	Fetcher Fetcher
+	// Logout, if set, retires a token at the provider (best effort).
+	Logout func(context.Context, *grants.Token) error
+	// RefreshAhead renews this long before expiry; when zero,
+	// RefreshFraction of the lifetime is used instead (default 0.2).
+	RefreshAhead    time.Duration
+	RefreshFraction float64
+	// Timeout bounds one token request, logout included. Default 10s.
+	Timeout time.Duration
+	// BackoffBase and BackoffMax bound the delay before a retry: the n-th
+	// failure in a row waits a random time between BackoffBase and
+	// min(BackoffMax, BackoffBase·2ⁿ⁻¹) (full jitter above a floor). A
+	// credential error (provider 400/401/403) starts 8× higher. Defaults 1s
+	// and 5m.
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// Logger receives the source's log lines. Default: a no-op logger.
+	Logger *zap.Logger
+	// OnResult, if set, is called after every token request.
+	OnResult func(Result)
+}
+
+// Source holds the token of one token configuration.
+type Source struct {
+	opts Options
+	log  *zap.Logger
+
+	snap     atomic.Pointer[snapshot]
+	used     atomic.Bool // a request read the token since the last timer
+	inflight atomic.Bool // mirrors flight != nil, for the lock-free path
+
+	mu      sync.Mutex
+	flight  *flight
+	timer   *time.Timer
+	refresh string // refresh token of the last response, if any
+	stopped bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	requests, failures atomic.Int64
+	lastSuccess        atomic.Int64 // unix nanoseconds
+}
+
+// snapshot is the immutable state the request path reads.
+type snapshot struct {
+	tok      *grants.Token // nil: none held
+	renewAt  time.Time
+	retryAt  time.Time // while backing off
+	err      error     // last failure, nil after a success
+	failures int       // failures in a row
+}
+
+// flight is one token request in progress; done closes when it ends.
+type flight struct {
+	done chan struct{}
+	tok  *grants.Token
+	err  error
+}
+
+// New returns a Source that obtains its first token when first asked.
+func New(opts Options) *Source {
+	if opts.RefreshFraction <= 0 || opts.RefreshFraction >= 1 {
+		opts.RefreshFraction = 0.2
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.BackoffBase <= 0 {
+		opts.BackoffBase = time.Second
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = 5 * time.Minute
+	}
+	if opts.BackoffMax < opts.BackoffBase {
+		opts.BackoffMax = opts.BackoffBase
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Source{opts: opts, log: log.With(zap.String("source", opts.Name))}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.snap.Store(&snapshot{})
+	return s
+}
+
+// Name is the source's name.
+func (s *Source) Name() string { return s.opts.Name }
+
+// ErrStopped is returned by Get after Stop.
+var ErrStopped = errors.New("token source stopped")
+
+// UnavailableError says why no token can be had now, and when the next
+// attempt is due (zero when none is scheduled).
+type UnavailableError struct {
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *UnavailableError) Error() string {
+	if e.Err == nil {
+		return "no valid token"
+	}
+	return "no valid token: " + e.Err.Error()
+}
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// Get returns a valid token. While one is held it never waits: a renewal due
+// soon is started in the background. With none held it joins (or starts) the
+// one token request in flight and waits for it or ctx; while backing off
+// after a failure it returns an *UnavailableError at once.
+func (s *Source) Get(ctx context.Context) (*grants.Token, error) {
+	if !s.used.Load() {
+		s.used.Store(true)
+	}
+	st := s.snap.Load()
+	now := time.Now()
+	if st.tok != nil && now.Before(st.tok.Expiry) {
+		if !now.Before(st.renewAt) && !s.inflight.Load() && !now.Before(st.retryAt) {
+			s.mu.Lock()
+			s.startLocked(false)
+			s.mu.Unlock()
+		}
+		return st.tok, nil
+	}
+	return s.wait(ctx)
+}
+
+// wait is Get's slow path: no valid token is held.
+func (s *Source) wait(ctx context.Context) (*grants.Token, error) {
+	s.mu.Lock()
+	st := s.snap.Load()
+	now := time.Now()
+	if st.tok != nil && now.Before(st.tok.Expiry) { // obtained meanwhile
+		s.mu.Unlock()
+		return st.tok, nil
+	}
+	if now.Before(st.retryAt) && s.flight == nil {
+		s.mu.Unlock()
+		return nil, &UnavailableError{RetryAfter: st.retryAt.Sub(now), Err: st.err}
+	}
+	f := s.startLocked(true)
+	s.mu.Unlock()
+	if f == nil {
+		return nil, ErrStopped
+	}
+	select {
+	case <-f.done:
+		if f.err != nil {
+			st := s.snap.Load()
+			return nil, &UnavailableError{RetryAfter: time.Until(st.retryAt), Err: f.err}
+		}
+		return f.tok, nil
+	case <-ctx.Done():
+		return nil, &UnavailableError{Err: fmt.Errorf("waiting for a token: %w", ctx.Err())}
+	}
+}
+
+// startLocked returns the token request in flight, starting one unless
+// backing off (force ignores backoff). s.mu must be held. Nil after Stop, or
+// when backing off.
+func (s *Source) startLocked(force bool) *flight {
+	if s.flight != nil {
+		return s.flight
+	}
+	if s.stopped {
+		return nil
+	}
+	if !force && time.Now().Before(s.snap.Load().retryAt) {
+		return nil
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flight = f
+	s.inflight.Store(true)
+	s.wg.Add(1)
+	go s.run(f)
+	return f
+}
+
+// run performs one token request and publishes its outcome.
+func (s *Source) run(f *flight) {
+	defer s.wg.Done()
+	s.mu.Lock()
+	refresh := s.refresh
+	s.mu.Unlock()
+
+	tok, res := s.obtain(refresh)
+
+	s.mu.Lock()
+	old := s.snap.Load()
+	now := time.Now()
+	var next *snapshot
+	if res.Err == nil {
+		s.refresh = tok.RefreshToken
+		next = &snapshot{tok: tok, renewAt: s.renewAt(tok)}
+		s.lastSuccess.Store(now.UnixNano())
+		s.scheduleLocked(next.renewAt.Sub(now))
+	} else {
+		if refresh != "" {
+			s.refresh = "" // it failed, and so did the configured grant
+		}
+		next = &snapshot{err: res.Err, failures: old.failures + 1}
+		if old.tok != nil && now.Before(old.tok.Expiry) {
+			next.tok, next.renewAt = old.tok, old.renewAt // keep using it while it lasts
+		}
+		delay := s.backoff(next.failures, res.Err)
+		next.retryAt = now.Add(delay)
+		s.scheduleLocked(delay)
+	}
+	s.snap.Store(next)
+	f.tok, f.err = tok, res.Err
+	s.flight = nil
+	s.inflight.Store(false)
+	close(f.done)
+	s.mu.Unlock()
+
+	s.report(res, next, old)
+}
+
+// obtain asks the provider for a token: with the refresh token first, when
+// there is one, then with the configured grant.
+func (s *Source) obtain(refresh string) (*grants.Token, Result) {
+	res := Result{Source: s.opts.Name}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
+	defer cancel()
+	if refresh != "" {
+		tok, err := s.opts.Fetcher.Refresh(ctx, refresh)
+		if err == nil {
+			res.Token, res.Refresh, res.Duration = tok, true, time.Since(start)
+			s.requests.Add(1)
+			return tok, res
+		}
+		s.requests.Add(1)
+		s.failures.Add(1)
+		if s.opts.OnResult != nil {
+			s.opts.OnResult(Result{Source: s.opts.Name, Err: err, Duration: time.Since(start), Refresh: true})
+		}
+		s.log.Info("refresh_token grant failed; falling back to the configured grant", zap.Error(err))
+		start = time.Now()
+		cancel()
+		ctx, cancel = context.WithTimeout(s.ctx, s.opts.Timeout)
+		defer cancel()
+	}
+	tok, err := s.opts.Fetcher.Token(ctx)
+	res.Token, res.Err, res.Duration = tok, err, time.Since(start)
+	s.requests.Add(1)
+	if err != nil {
+		s.failures.Add(1)
+	}
+	return tok, res
+}
+
+// report logs an outcome and passes it on.
+func (s *Source) report(res Result, next, old *snapshot) {
+	if res.Err == nil {
+		s.log.Info("token obtained",
+			zap.Duration("lifetime", res.Token.Lifetime),
+			zap.Time("expires", res.Token.Expiry),
+			zap.String("scope", res.Token.Scope),
+			zap.Bool("refresh_grant", res.Refresh),
+			zap.Duration("took", res.Duration))
+	} else if !errors.Is(res.Err, context.Canceled) || !s.isStopped() {
+		retryIn := time.Until(next.retryAt).Round(time.Millisecond)
+		if next.tok != nil {
+			s.log.Warn("token renewal failed; the current token is still valid",
+				zap.Error(res.Err), zap.Duration("retry_in", retryIn), zap.Time("expires", next.tok.Expiry))
+		} else {
+			s.log.Warn("token request failed", zap.Error(res.Err), zap.Duration("retry_in", retryIn),
+				zap.Int("failures_in_a_row", next.failures))
+			if old.tok != nil || old.failures == 0 {
+				s.log.Error("no valid token: requests are answered 502 until a token is obtained",
+					zap.Duration("retry_in", retryIn))
+			}
+		}
+	}
+	if s.opts.OnResult != nil {
+		s.opts.OnResult(res)
+	}
+}
+
+func (s *Source) isStopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
+}
+
+// renewAt is when a renewal of tok is due: refresh_ahead before expiry, less
+// a little jitter (up to 5% of the lifetime) so that sources created
+// together do not renew together.
+func (s *Source) renewAt(tok *grants.Token) time.Time {
+	ahead := s.opts.RefreshAhead
+	if ahead <= 0 {
+		ahead = time.Duration(float64(tok.Lifetime) * s.opts.RefreshFraction)
+	}
+	if ahead >= tok.Lifetime {
+		ahead = tok.Lifetime / 2
+	}
+	jitter := time.Duration(rand.Int64N(int64(tok.Lifetime/20) + 1))
+	return tok.Expiry.Add(-ahead - jitter)
+}
+
+// backoff is the delay after the n-th failure in a row.
+func (s *Source) backoff(n int, err error) time.Duration {
+	base := s.opts.BackoffBase
+	var pe *grants.ProviderError
+	if errors.As(err, &pe) && pe.Credentials() {
+		base *= 8
+	}
+	ceiling := base
+	for i := 1; i < n && ceiling < s.opts.BackoffMax; i++ {
+		ceiling *= 2
+	}
+	ceiling = min(ceiling, max(s.opts.BackoffMax, base))
+	return base + time.Duration(rand.Int64N(int64(ceiling-base)+1))
+}
+
+// scheduleLocked sets the one timer of the source to fire after d.
+func (s *Source) scheduleLocked(d time.Duration) {
+	if s.stopped {
+		return
+	}
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, s.onTimer)
+		return
+	}
+	s.timer.Reset(d)
+}
+
+// onTimer starts a due renewal or retry, if the token has been asked for
+// since the last one; an unused token is left to lapse, and the next request
+// fetches anew.
+func (s *Source) onTimer() {
+	if !s.used.Swap(false) {
+		return
+	}
+	s.mu.Lock()
+	s.startLocked(false)
+	s.mu.Unlock()
+}
+
+// Retire drops tok if it is still the current token (the upstream refused
+// it) and starts a new token request, unless backing off. A token that is no
+// longer current is left alone, so concurrent refusals cause one renewal.
+// It reports whether tok was current.
+func (s *Source) Retire(tok *grants.Token) bool {
+	s.mu.Lock()
+	st := s.snap.Load()
+	if st.tok == nil || st.tok != tok {
+		s.mu.Unlock()
+		return false
+	}
+	next := *st
+	next.tok, next.renewAt = nil, time.Time{}
+	s.snap.Store(&next)
+	s.startLocked(false)
+	s.mu.Unlock()
+	s.log.Info("token retired: the upstream refused it")
+	s.logout(tok)
+	return true
+}
+
+// Renew starts a token request now, even while backing off, and waits for it
+// or ctx.
+func (s *Source) Renew(ctx context.Context) error {
+	s.mu.Lock()
+	f := s.startLocked(true)
+	s.mu.Unlock()
+	if f == nil {
+		return ErrStopped
+	}
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// logout retires tok at the provider in the background, bounded by Timeout.
+func (s *Source) logout(tok *grants.Token) {
+	if s.opts.Logout == nil || tok == nil || !time.Now().Before(tok.Expiry) {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.logoutNow(tok)
+	}()
+}
+
+func (s *Source) logoutNow(tok *grants.Token) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+	defer cancel()
+	if err := s.opts.Logout(ctx, tok); err != nil {
+		s.log.Warn("logout failed", zap.Error(err))
+		return
+	}
+	s.log.Info("token logged out")
+}
+
+// Stop ends the source: the timer is stopped, a token request in flight is
+// abandoned, and no goroutine of the source outlives the call. With logout
+// set, the current token is retired at the provider first (best effort,
+// within Timeout).
+func (s *Source) Stop(logout bool) {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.stopped = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.cancel()
+	s.mu.Unlock()
+	s.wg.Wait()
+	if logout {
+		if st := s.snap.Load(); st.tok != nil && s.opts.Logout != nil && time.Now().Before(st.tok.Expiry) {
+			s.logoutNow(st.tok)
+		}
+	}
+}
+
+// Status describes a source for the admin API. It holds no secret.
+type Status struct {
+	Name        string     `json:"name"`
+	State       string     `json:"state"`
+	Expiry      *time.Time `json:"expiry,omitempty"`
+	RenewAt     *time.Time `json:"renew_at,omitempty"`
+	RetryAt     *time.Time `json:"retry_at,omitempty"`
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	Requests    int64      `json:"token_requests"`
+	Failures    int64      `json:"token_failures"`
+}
+
+// Status reports the source's state: idle (no token yet or lapsed),
+// valid, renewing, backoff or stopped.
+func (s *Source) Status() Status {
+	st := s.snap.Load()
+	now := time.Now()
+	out := Status{Name: s.opts.Name, Requests: s.requests.Load(), Failures: s.failures.Load()}
+	valid := st.tok != nil && now.Before(st.tok.Expiry)
+	switch {
+	case s.isStopped():
+		out.State = "stopped"
+	case s.inflight.Load():
+		out.State = "renewing"
+	case now.Before(st.retryAt):
+		out.State = "backoff"
+	case valid:
+		out.State = "valid"
+	default:
+		out.State = "idle"
+	}
+	if valid {
+		e, r := st.tok.Expiry, st.renewAt
+		out.Expiry, out.RenewAt = &e, &r
+	}
+	if now.Before(st.retryAt) {
+		r := st.retryAt
+		out.RetryAt = &r
+	}
+	if ns := s.lastSuccess.Load(); ns != 0 {
+		t := time.Unix(0, ns)
+		out.LastSuccess = &t
+	}
+	if st.err != nil {
+		out.LastError = st.err.Error()
+	}
+	return out
+}

@@ -1,0 +1,301 @@
+package upstreamoauth
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("upstream_oauth", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("upstream_oauth", httpcaddyfile.After, "request_header")
+}
+
+// parseCaddyfile sets up the handler from Caddyfile tokens.
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	upstream_oauth [<matcher>] [<provider>] {
+//		name           <id>
+//		token_url      <url>
+//		grant          client_credentials|password
+//		client_id      <value>
+//		client_secret  <value>
+//		username       <value>
+//		password       <value>
+//		client_auth    basic|body|none
+//		body           form|json
+//		scope          <scope...>
+//		audience       <value>
+//		param          <name> <value>
+//		token_header   <name> <value>
+//		logout_url     <url>
+//		refresh_ahead  <duration>|<percent>
+//		default_ttl    <duration>
+//		timeout        <duration>
+//		renew_on       <status...>
+//		header         <name> [<scheme>]
+//		share
+//		allow_http
+//		tls {
+//			ca           <pem file...>
+//			client_cert  <cert file> <key file>
+//			server_name  <name>
+//		}
+//	}
+//
+// Settings that can be checked without expanding placeholders are checked
+// here, so that a bad Caddyfile fails at adapt time with its file and line.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		h.Provider = d.Val()
+		if _, ok := grants.Presets[h.Provider]; !ok && !hasPlaceholder(h.Provider) {
+			return d.Errf("unknown provider '%s' (known: %s)", h.Provider, strings.Join(grants.PresetNames(), ", "))
+		}
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] && !repeatable[sub] {
+			return d.Errf("subdirective '%s' given more than once", sub)
+		}
+		seen[sub] = true
+		if err := h.unmarshalSubdirective(d, sub); err != nil {
+			return err
+		}
+	}
+	if err := h.checkStatic(); err != nil {
+		d.Reset()
+		d.Next()
+		return d.Errf("upstream_oauth: %v", err)
+	}
+	return nil
+}
+
+// repeatable subdirectives may stand more than once in a block.
+var repeatable = map[string]bool{"param": true, "token_header": true, "scope": true}
+
+func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) error {
+	switch sub {
+	case "name":
+		return oneArg(d, &h.Name)
+	case "token_url":
+		return oneArg(d, &h.TokenURL)
+	case "logout_url":
+		return oneArg(d, &h.LogoutURL)
+	case "grant":
+		return oneOf(d, sub, &h.Grant, grants.ClientCredentials, grants.Password)
+	case "client_id":
+		return oneArg(d, &h.ClientID)
+	case "client_secret":
+		return oneArg(d, &h.ClientSecret)
+	case "username":
+		return oneArg(d, &h.Username)
+	case "password":
+		return oneArg(d, &h.Password)
+	case "client_auth":
+		return oneOf(d, sub, &h.ClientAuth, grants.AuthBasic, grants.AuthBody, grants.AuthNone)
+	case "body":
+		return oneOf(d, sub, &h.Body, grants.BodyForm, grants.BodyJSON)
+	case "audience":
+		return oneArg(d, &h.Audience)
+	case "scope":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		h.Scope = append(h.Scope, args...)
+	case "param", "token_header":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		m := &h.Param
+		if sub == "token_header" {
+			m = &h.TokenHeader
+			if strings.ContainsAny(args[0], " \t\r\n:") {
+				return d.Errf("token_header: '%s' is not a header name", args[0])
+			}
+		}
+		if *m == nil {
+			*m = map[string]string{}
+		}
+		if _, dup := (*m)[args[0]]; dup {
+			return d.Errf("%s '%s' given more than once", sub, args[0])
+		}
+		(*m)[args[0]] = args[1]
+	case "refresh_ahead":
+		if err := oneArg(d, &h.RefreshAhead); err != nil {
+			return err
+		}
+		if !hasPlaceholder(h.RefreshAhead) {
+			if _, _, err := parseRefreshAhead(h.RefreshAhead); err != nil {
+				return d.Errf("%v", err)
+			}
+		}
+	case "default_ttl":
+		return durationArg(d, &h.DefaultTTL)
+	case "timeout":
+		return durationArg(d, &h.Timeout)
+	case "renew_on":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, a := range args {
+			st, err := strconv.Atoi(a)
+			if err != nil || st < 100 || st > 599 {
+				return d.Errf("renew_on: '%s' is not an HTTP status code", a)
+			}
+			h.RenewOn = append(h.RenewOn, st)
+		}
+	case "header":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.ArgErr()
+		}
+		if strings.ContainsAny(args[0], " \t\r\n:") {
+			return d.Errf("header: '%s' is not a header name", args[0])
+		}
+		h.Header = http.CanonicalHeaderKey(args[0])
+		if len(args) == 2 {
+			h.HeaderScheme = args[1]
+		}
+	case "share":
+		return noArgs(d, &h.Share)
+	case "allow_http":
+		return noArgs(d, &h.AllowHTTP)
+	case "tls":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.TLS = new(TLS)
+		return h.TLS.unmarshalCaddyfile(d)
+	default:
+		return d.Errf("unrecognized subdirective '%s'", sub)
+	}
+	return nil
+}
+
+// unmarshalCaddyfile reads the tls block.
+func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "ca":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			t.CA = append(t.CA, args...)
+		case "client_cert":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			t.ClientCert, t.ClientKey = args[0], args[1]
+		case "server_name":
+			if err := oneArg(d, &t.ServerName); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized tls subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// checkStatic resolves the settings with every placeholder standing for a
+// harmless value, so what can be known before start-up is checked at adapt
+// time: presets, grants and their credentials, URLs without placeholders.
+func (h *Handler) checkStatic() error {
+	probe := *h
+	for _, u := range []*string{&probe.TokenURL, &probe.LogoutURL} {
+		if hasPlaceholder(*u) {
+			*u = "https://placeholder.invalid/"
+		}
+	}
+	if hasPlaceholder(probe.Provider) {
+		probe.Provider = ""
+		if probe.TokenURL == "" {
+			probe.TokenURL = "https://placeholder.invalid/"
+		}
+	}
+	repl := caddy.NewEmptyReplacer()
+	repl.Map(func(string) (any, bool) { return "placeholder", true })
+	_, err := probe.settings(repl)
+	return err
+}
+
+func hasPlaceholder(s string) bool {
+	open := strings.IndexByte(s, '{')
+	return open >= 0 && strings.IndexByte(s[open:], '}') > 0
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func oneOf(d *caddyfile.Dispenser, name string, dst *string, allowed ...string) error {
+	if err := oneArg(d, dst); err != nil {
+		return err
+	}
+	for _, a := range allowed {
+		if *dst == a {
+			return nil
+		}
+	}
+	if hasPlaceholder(*dst) {
+		return nil
+	}
+	return d.Errf("%s: '%s' is not one of %s", name, *dst, strings.Join(allowed, ", "))
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return d.Errf("bad duration '%s': %v", v, err)
+	}
+	if dur <= 0 {
+		return d.Errf("duration '%s' must be positive", v)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+func noArgs(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
+	return nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

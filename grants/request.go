@@ -1,0 +1,224 @@
+package grants
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// MaxBody is the largest token endpoint answer that is read; a larger one is
+// refused.
+const MaxBody = 1 << 20
+
+// Client requests tokens for one Config.
+type Client struct {
+	cfg Config
+	hc  *http.Client
+}
+
+// NewClient returns a client for cfg that sends its requests through hc
+// (see NewHTTPClient). cfg must be valid.
+func NewClient(cfg Config, hc *http.Client) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.TokenType == "" {
+		cfg.TokenType = "bearer"
+	}
+	return &Client{cfg: cfg, hc: hc}, nil
+}
+
+// NewHTTPClient returns an HTTP client for token requests: it follows no
+// redirect, honours HTTPS_PROXY/NO_PROXY and uses tlsConfig (nil: the
+// system's roots).
+func NewHTTPClient(tlsConfig *tls.Config) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = http.ProxyFromEnvironment
+	if tlsConfig != nil {
+		tr.TLSClientConfig = tlsConfig
+	}
+	tr.MaxIdleConnsPerHost = 2
+	tr.IdleConnTimeout = 90 * time.Second
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+}
+
+// Token requests a new token with the configured grant.
+func (c *Client) Token(ctx context.Context) (*Token, error) {
+	fields := c.grantFields()
+	return c.do(ctx, fields)
+}
+
+// Refresh requests a new token with the refresh_token grant.
+func (c *Client) Refresh(ctx context.Context, refreshToken string) (*Token, error) {
+	fields := [][2]string{{"grant_type", RefreshToken}, {"refresh_token", refreshToken}}
+	fields = append(fields, c.clientBodyFields()...)
+	return c.do(ctx, fields)
+}
+
+// Logout calls logoutURL with GET and the token as bearer, as Telenor
+// documents; any 2xx answer counts as done.
+func (c *Client) Logout(ctx context.Context, logoutURL string, tok *Token) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, logoutURL, nil)
+	if err != nil {
+		return fmt.Errorf("logout request: %v", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("logout: %w", scrubURLError(err))
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return ParseError(resp.StatusCode, body)
+	}
+	return nil
+}
+
+// grantFields lists the body fields of a request with the configured grant,
+// in the order they are sent.
+func (c *Client) grantFields() [][2]string {
+	fields := [][2]string{{"grant_type", c.cfg.Grant}}
+	if c.cfg.Grant == Password {
+		fields = append(fields, [2]string{"username", c.cfg.Username}, [2]string{"password", c.cfg.Password})
+	}
+	fields = append(fields, c.clientBodyFields()...)
+	if len(c.cfg.Scopes) > 0 {
+		fields = append(fields, [2]string{"scope", strings.Join(c.cfg.Scopes, " ")})
+	}
+	if c.cfg.Audience != "" {
+		fields = append(fields, [2]string{"audience", c.cfg.Audience})
+	}
+	for _, name := range sortedKeys(c.cfg.Params) {
+		fields = append(fields, [2]string{name, c.cfg.Params[name]})
+	}
+	return fields
+}
+
+// clientBodyFields are the client's credentials as body fields, where
+// client_auth puts them there.
+func (c *Client) clientBodyFields() [][2]string {
+	id, secret := c.cfg.clientCredentials()
+	switch c.cfg.ClientAuth {
+	case AuthBody:
+		return [][2]string{{"client_id", id}, {"client_secret", secret}}
+	case AuthNone:
+		if id != "" {
+			return [][2]string{{"client_id", id}}
+		}
+	}
+	return nil
+}
+
+// NewRequest builds the token request that carries fields, without sending
+// it. It is exported for tests that check the wire format.
+func (c *Client) NewRequest(ctx context.Context, fields [][2]string) (*http.Request, error) {
+	var body []byte
+	var contentType string
+	switch c.cfg.Body {
+	case BodyJSON:
+		obj := make(map[string]string, len(fields))
+		for _, f := range fields {
+			obj[f[0]] = f[1]
+		}
+		var err error
+		if body, err = json.Marshal(obj); err != nil {
+			return nil, err
+		}
+		contentType = "application/json"
+	default:
+		form := make([]string, 0, len(fields))
+		for _, f := range fields {
+			form = append(form, url.QueryEscape(f[0])+"="+url.QueryEscape(f[1]))
+		}
+		body = []byte(strings.Join(form, "&"))
+		contentType = "application/x-www-form-urlencoded"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.TokenURL, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("token request: %v", err)
+	}
+	for _, name := range sortedKeys(c.cfg.Headers) {
+		req.Header.Set(name, c.cfg.Headers[name])
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("Accept", "application/json")
+	if c.cfg.ClientAuth == AuthBasic {
+		id, secret := c.cfg.clientCredentials()
+		req.SetBasicAuth(id, secret)
+	}
+	return req, nil
+}
+
+// GrantRequest builds the request of the configured grant (for tests).
+func (c *Client) GrantRequest(ctx context.Context) (*http.Request, error) {
+	return c.NewRequest(ctx, c.grantFields())
+}
+
+func (c *Client) do(ctx context.Context, fields [][2]string) (*Token, error) {
+	req, err := c.NewRequest(ctx, fields)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, &TransportError{Err: scrubURLError(err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
+	if err != nil {
+		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err))}
+	}
+	if len(body) > MaxBody {
+		return nil, &ResponseError{Status: resp.StatusCode, Reason: "response body over 1 MiB"}
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		return nil, &ResponseError{Status: resp.StatusCode, Reason: fmt.Sprintf("redirect (status %d) refused: token requests do not follow redirects", resp.StatusCode)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, ParseError(resp.StatusCode, body)
+	}
+	return ParseToken(body, resp.Header.Get("Content-Type"), c.cfg.TokenType, c.cfg.DefaultTTL, start)
+}
+
+// TransportError is a token request that got no answer: connection refused
+// or reset, TLS failure, timeout.
+type TransportError struct{ Err error }
+
+func (e *TransportError) Error() string { return "token request failed: " + e.Err.Error() }
+func (e *TransportError) Unwrap() error { return e.Err }
+
+// scrubURLError drops the URL from a *url.Error: query strings may carry
+// values that are not for logs. The operation and cause stay.
+func scrubURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", strings.ToLower(ue.Op), ue.Err)
+	}
+	return err
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,271 @@
+package grants
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"mime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxLifetime is the longest expires_in accepted; a longer one is refused as
+// implausible rather than cached for years.
+const MaxLifetime = 366 * 24 * time.Hour
+
+// Token is an access token and what its response said of it. Its String and
+// GoString never show the token, so a stray log call cannot leak it.
+type Token struct {
+	AccessToken  string
+	TokenType    string
+	RefreshToken string
+	Scope        string
+	// Lifetime is the expires_in of the response, or the default when it had none.
+	Lifetime time.Duration
+	// Obtained is when the request that got the token was sent; Expiry is
+	// Obtained + Lifetime, so clock time spent in transit counts against it.
+	Obtained time.Time
+	Expiry   time.Time
+}
+
+func (t *Token) String() string   { return "[token redacted]" }
+func (t *Token) GoString() string { return "[token redacted]" }
+
+// ResponseError is an answer from the token endpoint that is not usable: not
+// JSON, no access_token, an unsafe token, a wrong token_type, too large.
+type ResponseError struct {
+	Status int
+	Reason string
+}
+
+func (e *ResponseError) Error() string {
+	return fmt.Sprintf("token response refused (status %d): %s", e.Status, e.Reason)
+}
+
+// ProviderError is an error answer from the token endpoint, in the provider's
+// own words: RFC 6749 error/error_description, 1NCE's errorCode/message,
+// Telenor's numeric codes.
+type ProviderError struct {
+	Status      int
+	Code        string
+	Description string
+}
+
+func (e *ProviderError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "token endpoint answered %d", e.Status)
+	if e.Code != "" {
+		fmt.Fprintf(&b, " %s", e.Code)
+	}
+	if e.Description != "" {
+		fmt.Fprintf(&b, ": %s", e.Description)
+	}
+	return b.String()
+}
+
+// Credentials reports whether the provider rejected the request itself
+// (400/401/403), which retrying soon will not mend.
+func (e *ProviderError) Credentials() bool {
+	return e.Status == 400 || e.Status == 401 || e.Status == 403
+}
+
+// tokenResponse is the union of the fields the providers send.
+type tokenResponse struct {
+	AccessToken  *string         `json:"access_token"`
+	TokenType    *string         `json:"token_type"`
+	ExpiresIn    json.RawMessage `json:"expires_in"`
+	RefreshToken *string         `json:"refresh_token"`
+	Scope        json.RawMessage `json:"scope"`
+}
+
+// ParseToken reads a 200 answer of the token endpoint. wantType is the
+// token_type it must carry, if any (case-insensitive); defaultTTL is the
+// lifetime when expires_in is absent; obtained is when the request was sent.
+func ParseToken(body []byte, contentType, wantType string, defaultTTL time.Duration, obtained time.Time) (*Token, error) {
+	refuse := func(format string, args ...any) error {
+		return &ResponseError{Status: 200, Reason: fmt.Sprintf(format, args...)}
+	}
+	if len(body) > MaxBody {
+		return nil, refuse("response body over 1 MiB")
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, refuse("empty body")
+	}
+	if trimmed[0] != '{' {
+		mt, _, _ := mime.ParseMediaType(contentType)
+		if mt == "" {
+			mt = "none"
+		}
+		return nil, refuse("body is not a JSON object (content-type %s)", sanitize(mt, 64))
+	}
+	var tr tokenResponse
+	if err := json.Unmarshal(trimmed, &tr); err != nil {
+		return nil, refuse("malformed JSON: %s", sanitize(err.Error(), 120))
+	}
+	if tr.AccessToken == nil || *tr.AccessToken == "" {
+		return nil, refuse("no access_token")
+	}
+	if reason := unsafeToken(*tr.AccessToken); reason != "" {
+		return nil, refuse("access_token %s", reason)
+	}
+	tok := &Token{AccessToken: *tr.AccessToken, Obtained: obtained}
+	if tr.TokenType != nil && *tr.TokenType != "" {
+		tok.TokenType = *tr.TokenType
+		if wantType != "" && !strings.EqualFold(tok.TokenType, wantType) {
+			return nil, refuse("token_type %q is not %s", sanitize(tok.TokenType, 32), wantType)
+		}
+	}
+	lifetime, err := parseExpiresIn(tr.ExpiresIn)
+	if err != nil {
+		return nil, refuse("%v", err)
+	}
+	if lifetime == 0 {
+		lifetime = defaultTTL
+	}
+	if lifetime <= 0 {
+		return nil, refuse("no expires_in and no default_ttl")
+	}
+	tok.Lifetime = lifetime
+	tok.Expiry = obtained.Add(lifetime)
+	if tr.RefreshToken != nil && *tr.RefreshToken != "" && unsafeToken(*tr.RefreshToken) == "" {
+		tok.RefreshToken = *tr.RefreshToken
+	}
+	tok.Scope = scopeString(tr.Scope)
+	return tok, nil
+}
+
+// parseExpiresIn reads expires_in as a number or a numeric string (Telenor).
+// Absent or null gives 0; zero, negative, fractional nonsense, non-numeric
+// and implausibly large values are errors.
+func parseExpiresIn(raw json.RawMessage) (time.Duration, error) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return 0, nil
+	}
+	if strings.HasPrefix(s, `"`) {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return 0, fmt.Errorf("expires_in is not a number")
+		}
+		s = strings.TrimSpace(str)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("expires_in %q is not a number", sanitize(s, 32))
+	}
+	if f <= 0 {
+		return 0, fmt.Errorf("expires_in %s is not positive", sanitize(s, 32))
+	}
+	if f > MaxLifetime.Seconds() {
+		return 0, fmt.Errorf("expires_in %s is longer than a year", sanitize(s, 32))
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+// unsafeToken says what is wrong with a token that cannot go into an HTTP
+// header as it is: anything outside visible ASCII (spaces, CR, LF, controls,
+// non-ASCII). It names the problem, never the token.
+func unsafeToken(s string) string {
+	if len(s) > 64<<10 {
+		return "is longer than 64 KiB"
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ':
+			return "contains a space"
+		case c == '\r' || c == '\n':
+			return "contains CR or LF"
+		case c < 0x20 || c == 0x7f:
+			return "contains a control character"
+		case c > 0x7e:
+			return "contains a non-ASCII character"
+		}
+	}
+	return ""
+}
+
+// scopeString reads scope as a string, or a list of strings.
+func scopeString(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return sanitize(s, 256)
+	}
+	var list []string
+	if json.Unmarshal(raw, &list) == nil {
+		return sanitize(strings.Join(list, " "), 256)
+	}
+	return ""
+}
+
+// ParseError reads an error answer in whichever provider shape it has.
+func ParseError(status int, body []byte) error {
+	pe := &ProviderError{Status: status}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(bytes.TrimSpace(body), &m) == nil {
+		pe.Code = firstField(m, "error", "errorCode", "error_code", "code")
+		pe.Description = firstField(m, "error_description", "message", "error_message", "errorMessage", "description")
+	}
+	if pe.Code == "" && pe.Description == "" {
+		pe.Description = describeBody(body)
+	}
+	return pe
+}
+
+// firstField returns the first of names present in m, as text (strings and
+// numbers), sanitized for a log line.
+func firstField(m map[string]json.RawMessage, names ...string) string {
+	for _, n := range names {
+		raw, ok := m[n]
+		if !ok {
+			continue
+		}
+		var s string
+		if json.Unmarshal(raw, &s) == nil && s != "" {
+			return sanitize(s, 200)
+		}
+		var num json.Number
+		if json.Unmarshal(raw, &num) == nil {
+			return sanitize(num.String(), 32)
+		}
+	}
+	return ""
+}
+
+// describeBody summarizes a non-JSON error body: a short plain text is quoted,
+// anything else only measured.
+func describeBody(body []byte) string {
+	t := strings.TrimSpace(string(body))
+	switch {
+	case t == "":
+		return "empty body"
+	case len(t) <= 120 && !strings.ContainsAny(t, "<>{}"):
+		return sanitize(t, 120)
+	default:
+		return fmt.Sprintf("non-JSON body of %d bytes", len(body))
+	}
+}
+
+// sanitize keeps s fit for one log line: printable runes only, at most max
+// bytes.
+func sanitize(s string, max int) string {
+	var b strings.Builder
+	for _, r := range s {
+		if b.Len() >= max {
+			b.WriteString("…")
+			break
+		}
+		if r < 0x20 || r == 0x7f || r == 0xfffd {
+			b.WriteByte('?')
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
