@@ -230,6 +230,11 @@ func (h *Handler) checkStatic() error {
 			*u = "https://placeholder.invalid/"
 		}
 	}
+	for _, v := range []*string{&probe.Grant, &probe.ClientAuth, &probe.Body, &probe.RefreshAhead} {
+		if hasPlaceholder(*v) {
+			*v = "" // checked at provision time
+		}
+	}
 	if hasPlaceholder(probe.Provider) {
 		probe.Provider = ""
 		if probe.TokenURL == "" {

@@ -26,18 +26,19 @@ func TestAdapt(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			caddyfileText, expected, ok := strings.Cut(string(data), "\n----------\n")
+			caddyfileText, expected, ok := strings.Cut(string(data), "----------\n")
 			if !ok {
 				t.Fatalf("%s: no ---------- separator", file)
 			}
 			if *update {
+				caddyfileText = strings.TrimSpace(string(caddyfile.Format([]byte(caddyfileText)))) + "\n"
 				adapted := adaptForUpdate(t, caddyfileText)
-				if err := os.WriteFile(file, []byte(caddyfileText+"\n----------\n"+adapted), 0o644); err != nil {
+				if err := os.WriteFile(file, []byte(caddyfileText+"----------\n"+adapted), 0o644); err != nil {
 					t.Fatal(err)
 				}
 				return
 			}
-			if !caddytest.CompareAdapt(t, file, caddyfileText, "caddyfile", expected) {
+			if !caddytest.CompareAdapt(t, file, caddyfileText, "caddyfile", strings.TrimSuffix(expected, "\n")) {
 				t.Errorf("%s: adapted JSON differs", file)
 			}
 		})

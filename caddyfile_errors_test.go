@@ -1,0 +1,112 @@
+package upstreamoauth
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// TestUnmarshalCaddyfileErrors checks that each bad block fails to parse
+// with a message that names the problem and the file and line.
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, input, want string
+	}{
+		{"unknown provider", `upstream_oauth acme`, `unknown provider 'acme'`},
+		{"two providers", `upstream_oauth 1nce oneio`, `wrong argument count`},
+		{"unknown subdirective", "upstream_oauth 1nce {\n\tusername u\n\tpassword p\n\tflavour vanilla\n}", `unrecognized subdirective 'flavour'`},
+		{"unknown tls subdirective", "upstream_oauth 1nce {\n\tusername u\n\tpassword p\n\ttls {\n\t\tinsecure\n\t}\n}", `unrecognized tls subdirective 'insecure'`},
+		{"bad grant", "upstream_oauth {\n\tgrant implicit\n}", `grant: 'implicit' is not one of client_credentials, password`},
+		{"bad client_auth", "upstream_oauth {\n\tclient_auth digest\n}", `client_auth: 'digest' is not one of basic, body, none`},
+		{"bad body", "upstream_oauth {\n\tbody xml\n}", `body: 'xml' is not one of form, json`},
+		{"no token_url", "upstream_oauth {\n\tclient_id a\n\tclient_secret b\n}", `token_url is required`},
+		{"client_credentials without secret", "upstream_oauth {\n\ttoken_url https://a.example/t\n\tclient_id a\n}", `needs client_secret`},
+		{"client_credentials without id", "upstream_oauth oneio {\n\tclient_secret s\n}", `needs client_id`},
+		{"password without user", "upstream_oauth telenor {\n\tclient_id a\n\tclient_secret b\n}", `grant password needs username and password`},
+		{"password without client", "upstream_oauth telenor {\n\tusername u\n\tpassword p\n}", `needs client_id and client_secret`},
+		{"malformed url", "upstream_oauth {\n\ttoken_url ://nope\n\tclient_id a\n\tclient_secret b\n}", `token_url: malformed URL`},
+		{"relative url", "upstream_oauth {\n\ttoken_url /oauth/token\n\tclient_id a\n\tclient_secret b\n}", `is not an absolute URL`},
+		{"http url", "upstream_oauth {\n\ttoken_url http://auth.example.com/token\n\tclient_id a\n\tclient_secret b\n}", `http:// is only allowed for a loopback host`},
+		{"ftp url", "upstream_oauth {\n\ttoken_url ftp://auth.example.com/token\n\tclient_id a\n\tclient_secret b\n}", `scheme "ftp" is not supported`},
+		{"http logout url", "upstream_oauth 1nce {\n\tusername u\n\tpassword p\n\tlogout_url http://auth.example.com/logout\n}", `logout_url: http:// is only allowed`},
+		{"credentials in url", "upstream_oauth {\n\ttoken_url https://u:p@auth.example.com/token\n\tclient_id a\n\tclient_secret b\n}", `credentials in the URL are not allowed`},
+		{"bad duration", "upstream_oauth 1nce {\n\ttimeout soon\n}", `bad duration 'soon'`},
+		{"negative duration", "upstream_oauth 1nce {\n\tdefault_ttl -5m\n}", `must be positive`},
+		{"bad refresh_ahead", "upstream_oauth 1nce {\n\trefresh_ahead 120%\n}", `refresh_ahead "120%"`},
+		{"bad refresh_ahead duration", "upstream_oauth 1nce {\n\trefresh_ahead later\n}", `refresh_ahead "later"`},
+		{"bad status", "upstream_oauth 1nce {\n\trenew_on 401 nope\n}", `renew_on: 'nope' is not an HTTP status code`},
+		{"status out of range", "upstream_oauth 1nce {\n\trenew_on 999\n}", `renew_on: '999' is not an HTTP status code`},
+		{"param arity", "upstream_oauth 1nce {\n\tparam only_name\n}", `wrong argument count`},
+		{"reserved param", "upstream_oauth 1nce {\n\tusername u\n\tpassword p\n\tparam grant_type implicit\n}", `param "grant_type" is set by the module itself`},
+		{"duplicate param", "upstream_oauth 1nce {\n\tparam a 1\n\tparam a 2\n}", `param 'a' given more than once`},
+		{"bad header name", "upstream_oauth 1nce {\n\theader X:Y\n}", `header: 'X:Y' is not a header name`},
+		{"header arity", "upstream_oauth 1nce {\n\theader A B C\n}", `wrong argument count`},
+		{"share with arg", "upstream_oauth 1nce {\n\tshare yes\n}", `wrong argument count`},
+		{"repeated token_url", "upstream_oauth {\n\ttoken_url https://a.example/t\n\ttoken_url https://b.example/t\n}", `subdirective 'token_url' given more than once`},
+		{"client_cert arity", "upstream_oauth 1nce {\n\ttls {\n\t\tclient_cert only.pem\n\t}\n}", `wrong argument count`},
+		{"missing value", "upstream_oauth 1nce {\n\tusername\n}", `wrong argument count`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := caddyfile.NewTestDispenser(tc.input)
+			err := new(Handler).UnmarshalCaddyfile(d)
+			if err == nil {
+				t.Fatalf("no error for:\n%s", tc.input)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "Testfile:") {
+				t.Errorf("error %q does not name the file and line", err)
+			}
+		})
+	}
+}
+
+// TestUnmarshalCaddyfileErrorLine checks that an error points at the line
+// of the offending subdirective.
+func TestUnmarshalCaddyfileErrorLine(t *testing.T) {
+	d := caddyfile.NewTestDispenser("upstream_oauth 1nce {\n\tusername u\n\tpassword p\n\ttimeout 10s\n\trenew_on abc\n}")
+	err := new(Handler).UnmarshalCaddyfile(d)
+	if err == nil || !strings.Contains(err.Error(), "Testfile:5") {
+		t.Fatalf("want an error at Testfile:5, got %v", err)
+	}
+}
+
+// TestUnmarshalCaddyfileSecretsNotInErrors checks that errors about a
+// block never quote its secrets.
+func TestUnmarshalCaddyfileSecretsNotInErrors(t *testing.T) {
+	const secret = "s3cr3t-VALUE-42"
+	for _, input := range []string{
+		"upstream_oauth {\n\ttoken_url http://auth.example.com/t\n\tclient_id a\n\tclient_secret " + secret + "\n}",
+		"upstream_oauth telenor {\n\tclient_id a\n\tclient_secret " + secret + "\n\tusername u\n}",
+		"upstream_oauth {\n\ttoken_url https://a:" + secret + "@auth.example.com/t\n\tclient_id a\n\tclient_secret b\n}",
+	} {
+		err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil {
+			t.Fatalf("no error for %q", input)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error quotes the secret: %v", err)
+		}
+	}
+}
+
+// TestUnmarshalCaddyfilePlaceholders checks that placeholders are accepted
+// where a literal would be checked, and kept verbatim for provision time.
+func TestUnmarshalCaddyfilePlaceholders(t *testing.T) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`upstream_oauth {
+		token_url {env.TOKEN_URL}
+		grant {env.GRANT}
+		client_id {env.ID}
+		client_secret {file./run/secret}
+		refresh_ahead {env.AHEAD}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.TokenURL != "{env.TOKEN_URL}" || h.ClientSecret != "{file./run/secret}" || h.Grant != "{env.GRANT}" {
+		t.Errorf("placeholders not kept verbatim: %+v", h)
+	}
+}

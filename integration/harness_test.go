@@ -1,0 +1,249 @@
+// Package integration runs a real Caddy with the upstream_oauth module
+// against emulators of the three providers and a backend that accepts only
+// currently valid tokens. Caddy runs in this test process (caddytest) and, in
+// binary_test.go, as the binary that xcaddy builds.
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	_ "github.com/caddy-upstream-oauth/upstream_oauth"
+	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
+)
+
+// adminPort is caddytest's admin port.
+const adminPort = 2999
+
+// logDir collects the log of every in-process Caddy run, at DEBUG level,
+// for the leak checks.
+var logDir string
+
+func TestMain(m *testing.M) {
+	// caddytest skips (rather than fails) when its TLS fixtures are missing;
+	// these tests use none, so require none.
+	caddytest.Default.Certificates = nil
+	caddytest.Default.LoadRequestTimeout = 30 * time.Second
+	caddytest.Default.TestRequestTimeout = 30 * time.Second
+	dir, err := os.MkdirTemp("", "upstream-oauth-logs-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	logDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// gateway is a Caddy config loaded into the in-process Caddy.
+type gateway struct {
+	t      *testing.T
+	tester *caddytest.Tester
+	addr   string // host:port of the site
+	log    string // path of the DEBUG log file
+}
+
+// globalOptions are the options every test config starts with.
+func globalOptions(logFile string) string {
+	return fmt.Sprintf(`{
+	admin localhost:%d
+	auto_https off
+	grace_period 1s
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+`, adminPort, logFile)
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startGateway loads a config whose site serves site (the body of the site
+// block) on a fresh loopback port.
+func startGateway(t *testing.T, site string) *gateway {
+	t.Helper()
+	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g.load(site)
+	return g
+}
+
+// load (re)loads the config with site as the body of the site block.
+func (g *gateway) load(site string) {
+	g.t.Helper()
+	g.loadRaw(globalOptions(g.log) + fmt.Sprintf("http://%s {\n%s\n}\n", g.addr, site))
+}
+
+func (g *gateway) loadRaw(config string) {
+	g.t.Helper()
+	g.tester.InitServer(config, "caddyfile")
+	if g.t.Failed() {
+		g.t.FailNow()
+	}
+}
+
+// url is the gateway's URL for path.
+func (g *gateway) url(path string) string { return "http://" + g.addr + path }
+
+// do sends a request through the gateway and returns status, body and
+// headers.
+func (g *gateway) do(method, path string, header http.Header, body []byte) (int, string, http.Header) {
+	g.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, g.url(path), rd)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := g.tester.Client.Do(req)
+	if err != nil {
+		g.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func (g *gateway) get(path string) (int, string, http.Header) {
+	g.t.Helper()
+	return g.do(http.MethodGet, path, nil, nil)
+}
+
+// concurrently runs n GETs of path at once and returns how many got each
+// status.
+func (g *gateway) concurrently(n int, path string) map[int]int {
+	g.t.Helper()
+	var (
+		mu     sync.Mutex
+		counts = map[int]int{}
+		wg     sync.WaitGroup
+		start  = make(chan struct{})
+	)
+	client := &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: 0},
+	}
+	defer client.CloseIdleConnections()
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			status := 0
+			if resp, err := client.Get(g.url(path)); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				status = resp.StatusCode
+			}
+			mu.Lock()
+			counts[status]++
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return counts
+}
+
+// logText returns the gateway's log so far.
+func (g *gateway) logText() string {
+	b, _ := os.ReadFile(g.log)
+	return string(b)
+}
+
+// startProvider starts an emulator of kind with fixed test credentials.
+func startProvider(t *testing.T, kind emulator.Kind) *emulator.Provider {
+	t.Helper()
+	p := emulator.New(emulator.Config{
+		Kind:         kind,
+		ClientID:     "client-" + string(kind),
+		ClientSecret: "secret-" + string(kind) + "-Zq8",
+		Username:     "user-" + string(kind),
+		Password:     "password-" + string(kind) + "-Xk3",
+	})
+	p.Start()
+	t.Cleanup(func() {
+		p.Close()
+		if v := p.Violations(); len(v) > 0 {
+			t.Errorf("%s emulator saw malformed token requests: %q", kind, v)
+		}
+	})
+	return p
+}
+
+func startBackend(t *testing.T, providers ...*emulator.Provider) *emulator.Backend {
+	t.Helper()
+	b := emulator.NewBackend(providers...)
+	b.Start()
+	t.Cleanup(b.Close)
+	return b
+}
+
+// block returns the upstream_oauth directive for p's kind, with its
+// preset, its test credentials and the emulator's URLs, plus extra lines.
+func block(p *emulator.Provider, extra ...string) string {
+	kind := string(p.Kind())
+	var b strings.Builder
+	fmt.Fprintf(&b, "\tupstream_oauth %s {\n\t\ttoken_url %s\n", kind, p.TokenURL())
+	switch p.Kind() {
+	case emulator.OneNCE:
+		fmt.Fprintf(&b, "\t\tusername client-%[1]s\n\t\tpassword secret-%[1]s-Zq8\n", kind)
+	case emulator.ONEiO:
+		fmt.Fprintf(&b, "\t\tclient_id client-%[1]s\n\t\tclient_secret secret-%[1]s-Zq8\n", kind)
+	case emulator.Telenor:
+		fmt.Fprintf(&b, "\t\tclient_id client-%[1]s\n\t\tclient_secret secret-%[1]s-Zq8\n\t\tusername user-%[1]s\n\t\tpassword password-%[1]s-Xk3\n\t\tlogout_url %[2]s\n", kind, p.LogoutURL())
+	}
+	for _, e := range extra {
+		fmt.Fprintf(&b, "\t\t%s\n", e)
+	}
+	b.WriteString("\t}\n")
+	return b.String()
+}
+
+// secrets are the credentials the tests configure, for leak checks.
+func secrets() []string {
+	var out []string
+	for _, k := range []emulator.Kind{emulator.OneNCE, emulator.ONEiO, emulator.Telenor} {
+		out = append(out, "secret-"+string(k)+"-Zq8", "password-"+string(k)+"-Xk3")
+	}
+	return out
+}
+
+// eventually polls cond every 20ms until it holds or d passes.
+func eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return cond()
+}
