@@ -188,6 +188,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.src = val.(*pooledSource)
+	if h.src.shared != nil {
+		// The source may predate this config: use this config's storage.
+		h.src.shared.SetStorage(ctx.Storage())
+	}
 	return nil
 }
 

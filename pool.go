@@ -29,6 +29,7 @@ type pooledSource struct {
 	clientID string
 	scopes   []string
 	share    bool
+	shared   *cache.Shared // nil unless share
 }
 
 // newPooledSource builds the token client and source for s.
@@ -51,6 +52,20 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 		// be one that a config unload closes, so take Caddy's default.
 		Logger: caddy.Log().Named("http.handlers.upstream_oauth"),
 	}
+	var shared *cache.Shared
+	if s.Share {
+		// Everything that shapes the token, secrets included, keys and
+		// encrypts the stored record.
+		material, err := json.Marshal(s.Grants)
+		if err != nil {
+			return nil, err
+		}
+		if shared, err = cache.NewShared(material); err != nil {
+			return nil, fmt.Errorf("share: %v", err)
+		}
+		shared.SetStorage(ctx.Storage())
+		opts.Shared = shared
+	}
 	if s.LogoutURL != "" {
 		logoutURL := s.LogoutURL
 		opts.Logout = func(ctx context.Context, tok *grants.Token) error {
@@ -69,6 +84,7 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 		clientID: id,
 		scopes:   s.Grants.Scopes,
 		share:    s.Share,
+		shared:   shared,
 	}, nil
 }
 

@@ -32,6 +32,7 @@ type Result struct {
 	Err      error
 	Duration time.Duration
 	Refresh  bool // obtained with the refresh_token grant
+	Shared   bool // taken from shared storage: no token request was made
 }
 
 // Options configure a Source. Zero values take the defaults noted.
@@ -58,6 +59,9 @@ type Options struct {
 	Logger *zap.Logger
 	// OnResult, if set, is called after every token request.
 	OnResult func(Result)
+	// Shared, if set, shares the token with other instances through
+	// storage (see Shared).
+	Shared *Shared
 }
 
 // Source holds the token of one token configuration.
@@ -73,6 +77,7 @@ type Source struct {
 	flight  *flight
 	timer   *time.Timer
 	refresh string // refresh token of the last response, if any
+	retired string // access token last retired, never to be taken back from storage
 	stopped bool
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -223,9 +228,13 @@ func (s *Source) run(f *flight) {
 	defer s.wg.Done()
 	s.mu.Lock()
 	refresh := s.refresh
+	avoid := map[string]bool{s.retired: true}
+	if cur := s.snap.Load().tok; cur != nil {
+		avoid[cur.AccessToken] = true
+	}
 	s.mu.Unlock()
 
-	tok, res := s.obtain(refresh)
+	tok, res := s.obtain(refresh, avoid)
 
 	s.mu.Lock()
 	old := s.snap.Load()
@@ -234,6 +243,9 @@ func (s *Source) run(f *flight) {
 	if res.Err == nil {
 		s.refresh = tok.RefreshToken
 		next = &snapshot{tok: tok, renewAt: s.renewAt(tok)}
+		// Only reads of this token count as use: the request that asked
+		// for it does not, or a one-off request would cost a renewal.
+		s.used.Store(false)
 		s.lastSuccess.Store(now.UnixNano())
 		s.scheduleLocked(next.renewAt.Sub(now))
 	} else {
@@ -258,9 +270,22 @@ func (s *Source) run(f *flight) {
 	s.report(res, next, old)
 }
 
-// obtain asks the provider for a token: with the refresh token first, when
+// obtain gets a new token: through shared storage when the source shares
+// (falling back to its own request when the storage fails), else from the
+// provider. avoid lists tokens not to take back from storage (the current
+// one and the last one retired).
+func (s *Source) obtain(refresh string, avoid map[string]bool) (*grants.Token, Result) {
+	if sh := s.opts.Shared; sh != nil {
+		if tok, res, ok := s.obtainShared(sh, refresh, avoid); ok {
+			return tok, res
+		}
+	}
+	return s.fetch(refresh)
+}
+
+// fetch asks the provider for a token: with the refresh token first, when
 // there is one, then with the configured grant.
-func (s *Source) obtain(refresh string) (*grants.Token, Result) {
+func (s *Source) fetch(refresh string) (*grants.Token, Result) {
 	res := Result{Source: s.opts.Name}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
@@ -294,6 +319,13 @@ func (s *Source) obtain(refresh string) (*grants.Token, Result) {
 
 // report logs an outcome and passes it on.
 func (s *Source) report(res Result, next, old *snapshot) {
+	if res.Shared {
+		s.log.Info("token obtained from shared storage",
+			zap.Duration("lifetime", res.Token.Lifetime),
+			zap.Time("expires", res.Token.Expiry),
+			zap.String("scope", res.Token.Scope))
+		return // no token request was made
+	}
 	if res.Err == nil {
 		s.log.Info("token obtained",
 			zap.Duration("lifetime", res.Token.Lifetime),
@@ -330,6 +362,12 @@ func (s *Source) isStopped() bool {
 // a little jitter (up to 5% of the lifetime) so that sources created
 // together do not renew together.
 func (s *Source) renewAt(tok *grants.Token) time.Time {
+	jitter := time.Duration(rand.Int64N(int64(tok.Lifetime/20) + 1))
+	return tok.Expiry.Add(-s.ahead(tok) - jitter)
+}
+
+// ahead is how long before its expiry tok is due for renewal.
+func (s *Source) ahead(tok *grants.Token) time.Duration {
 	ahead := s.opts.RefreshAhead
 	if ahead <= 0 {
 		ahead = time.Duration(float64(tok.Lifetime) * s.opts.RefreshFraction)
@@ -337,8 +375,7 @@ func (s *Source) renewAt(tok *grants.Token) time.Time {
 	if ahead >= tok.Lifetime {
 		ahead = tok.Lifetime / 2
 	}
-	jitter := time.Duration(rand.Int64N(int64(tok.Lifetime/20) + 1))
-	return tok.Expiry.Add(-ahead - jitter)
+	return ahead
 }
 
 // backoff is the delay after the n-th failure in a row.
@@ -393,11 +430,12 @@ func (s *Source) Retire(tok *grants.Token) bool {
 	}
 	next := *st
 	next.tok, next.renewAt = nil, time.Time{}
+	s.retired = tok.AccessToken
 	s.snap.Store(&next)
 	s.startLocked(false)
+	s.logoutLocked(tok) // under s.mu: no wg.Add once Stop is waiting
 	s.mu.Unlock()
 	s.log.Info("token retired: the upstream refused it")
-	s.logout(tok)
 	return true
 }
 
@@ -418,9 +456,10 @@ func (s *Source) Renew(ctx context.Context) error {
 	}
 }
 
-// logout retires tok at the provider in the background, bounded by Timeout.
-func (s *Source) logout(tok *grants.Token) {
-	if s.opts.Logout == nil || tok == nil || !time.Now().Before(tok.Expiry) {
+// logoutLocked retires tok at the provider in the background, bounded by
+// Timeout. s.mu must be held.
+func (s *Source) logoutLocked(tok *grants.Token) {
+	if s.stopped || s.opts.Logout == nil || tok == nil || !time.Now().Before(tok.Expiry) {
 		return
 	}
 	s.wg.Add(1)
@@ -441,9 +480,9 @@ func (s *Source) logoutNow(tok *grants.Token) {
 }
 
 // Stop ends the source: the timer is stopped, a token request in flight is
-// abandoned, and no goroutine of the source outlives the call. With logout
-// set, the current token is retired at the provider first (best effort,
-// within Timeout).
+// abandoned, no goroutine of the source outlives the call, and Get answers
+// ErrStopped from then on. With logout set, the current token is retired at
+// the provider (best effort, within Timeout).
 func (s *Source) Stop(logout bool) {
 	s.mu.Lock()
 	if s.stopped {
@@ -457,10 +496,14 @@ func (s *Source) Stop(logout bool) {
 	s.cancel()
 	s.mu.Unlock()
 	s.wg.Wait()
-	if logout {
-		if st := s.snap.Load(); st.tok != nil && s.opts.Logout != nil && time.Now().Before(st.tok.Expiry) {
-			s.logoutNow(st.tok)
-		}
+	// Get no longer serves the token (it answers ErrStopped), nor does
+	// Retire retire it.
+	s.mu.Lock()
+	st := s.snap.Load()
+	s.snap.Store(&snapshot{err: st.err, failures: st.failures})
+	s.mu.Unlock()
+	if logout && st.tok != nil && s.opts.Logout != nil && time.Now().Before(st.tok.Expiry) {
+		s.logoutNow(st.tok)
 	}
 }
 

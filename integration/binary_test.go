@@ -23,8 +23,8 @@ var (
 	caddyBinErr  error
 )
 
-// caddyBinary returns the path of a Caddy built by xcaddy with this
-// module: $CADDY_BIN when set (.ci/run builds it once), else one built now
+// caddyBinary returns the path of a Caddy built by xcaddy with this module
+// and the Redis storage module (for the fleet tests): $CADDY_BIN when set (.ci/run builds it once), else one built now
 // with `go tool xcaddy build` from the module root.
 func caddyBinary(t *testing.T) string {
 	t.Helper()
@@ -41,7 +41,8 @@ func caddyBinary(t *testing.T) string {
 		caddyBinPath = filepath.Join(dir, "caddy")
 		cmd := exec.Command("go", "tool", "xcaddy", "build", "v2.11.9",
 			"--output", caddyBinPath,
-			"--with", "github.com/caddy-upstream-oauth/upstream_oauth@v0.0.0-00010101000000-000000000000=.")
+			"--with", "github.com/caddy-upstream-oauth/upstream_oauth@v0.0.0-00010101000000-000000000000=.",
+			"--with", "github.com/pberkel/caddy-storage-redis@v1.8.1")
 		cmd.Dir = ".."
 		if out, err := cmd.CombinedOutput(); err != nil {
 			caddyBinErr = fmt.Errorf("xcaddy build: %v\n%s", err, out)
