@@ -23,8 +23,9 @@ import (
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
 )
 
-// adminPort is caddytest's admin port.
-const adminPort = 2999
+// adminPort is the in-process Caddy's admin port: a free one per test
+// process, so that test binaries running at once do not share a Caddy.
+var adminPort int
 
 // logDir collects the log of every in-process Caddy run, at DEBUG level,
 // for the leak checks.
@@ -34,6 +35,14 @@ func TestMain(m *testing.M) {
 	// caddytest skips (rather than fails) when its TLS fixtures are missing;
 	// these tests use none, so require none.
 	caddytest.Default.Certificates = nil
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	adminPort = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	caddytest.Default.AdminPort = adminPort
 	caddytest.Default.LoadRequestTimeout = 30 * time.Second
 	caddytest.Default.TestRequestTimeout = 30 * time.Second
 	dir, err := os.MkdirTemp("", "upstream-oauth-logs-")
