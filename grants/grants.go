@@ -6,6 +6,7 @@
 package grants
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -131,13 +132,21 @@ var reservedParams = map[string]bool{
 func CheckURL(what, raw string, allowHTTP bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {
+		// A *url.Error quotes the whole URL, userinfo and all: keep the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%s: malformed URL: %v", what, err)
 	}
-	if u.Host == "" || u.Hostname() == "" {
-		return fmt.Errorf("%s: %q is not an absolute URL with a host", what, raw)
-	}
-	if u.User != nil {
+	if u.User != nil || strings.Contains(u.Opaque, "@") {
 		return fmt.Errorf("%s: credentials in the URL are not allowed; use client_id/client_secret", what)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		if strings.Contains(raw, "@") { // may be user:secret@ in a path
+			return fmt.Errorf("%s: not an absolute URL with a host", what)
+		}
+		return fmt.Errorf("%s: %q is not an absolute URL with a host", what, raw)
 	}
 	switch u.Scheme {
 	case "https":

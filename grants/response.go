@@ -16,7 +16,8 @@ import (
 const MaxLifetime = 366 * 24 * time.Hour
 
 // Token is an access token and what its response said of it. Its String and
-// GoString never show the token, so a stray log call cannot leak it.
+// GoString never show the token, so a stray log call cannot leak it. They
+// have value receivers so that this holds for a Token as well as a *Token.
 type Token struct {
 	AccessToken  string
 	TokenType    string
@@ -30,8 +31,8 @@ type Token struct {
 	Expiry   time.Time
 }
 
-func (t *Token) String() string   { return "[token redacted]" }
-func (t *Token) GoString() string { return "[token redacted]" }
+func (t Token) String() string   { return "[token redacted]" }
+func (t Token) GoString() string { return "[token redacted]" }
 
 // ResponseError is an answer from the token endpoint that is not usable: not
 // JSON, no access_token, an unsafe token, a wrong token_type, too large.
@@ -115,10 +116,10 @@ func ParseToken(body []byte, contentType, wantType string, defaultTTL time.Durat
 	if tr.TokenType != nil && *tr.TokenType != "" {
 		tok.TokenType = *tr.TokenType
 		if wantType != "" && !strings.EqualFold(tok.TokenType, wantType) {
-			return nil, refuse("token_type %q is not %s", sanitize(tok.TokenType, 32), wantType)
+			return nil, refuse("token_type %s is not %s", mention(tok.TokenType, 32, true, tok.AccessToken), wantType)
 		}
 	}
-	lifetime, err := parseExpiresIn(tr.ExpiresIn)
+	lifetime, err := parseExpiresIn(tr.ExpiresIn, tok.AccessToken)
 	if err != nil {
 		return nil, refuse("%v", err)
 	}
@@ -138,9 +139,10 @@ func ParseToken(body []byte, contentType, wantType string, defaultTTL time.Durat
 }
 
 // parseExpiresIn reads expires_in as a number or a numeric string (Telenor).
-// Absent or null gives 0; zero, negative, fractional nonsense, non-numeric
-// and implausibly large values are errors.
-func parseExpiresIn(raw json.RawMessage) (time.Duration, error) {
+// Absent or null gives 0; zero, negative, under a second, non-numeric and
+// implausibly large values are errors. token is the access token, which the
+// error never quotes.
+func parseExpiresIn(raw json.RawMessage, token string) (time.Duration, error) {
 	s := strings.TrimSpace(string(raw))
 	if s == "" || s == "null" {
 		return 0, nil
@@ -154,15 +156,38 @@ func parseExpiresIn(raw json.RawMessage) (time.Duration, error) {
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("expires_in %q is not a number", sanitize(s, 32))
+		return 0, fmt.Errorf("expires_in %s is not a number", mention(s, 32, true, token))
 	}
 	if f <= 0 {
-		return 0, fmt.Errorf("expires_in %s is not positive", sanitize(s, 32))
+		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token))
+	}
+	if f < 1 {
+		// Would round to a lifetime of (almost) nothing, or to 0, which
+		// the caller takes for "absent" and replaces by default_ttl.
+		return 0, fmt.Errorf("expires_in %s is less than a second", mention(s, 32, false, token))
 	}
 	if f > MaxLifetime.Seconds() {
-		return 0, fmt.Errorf("expires_in %s is longer than a year", sanitize(s, 32))
+		return 0, fmt.Errorf("expires_in %s is longer than a year", mention(s, 32, false, token))
 	}
 	return time.Duration(f * float64(time.Second)), nil
+}
+
+// mention returns a response field's value for an error message: sanitized,
+// quoted if quote, and withheld if it shares a run of 8 or more bytes with the
+// access token, so that a field that echoes the token cannot carry it into a
+// log.
+func mention(v string, max int, quote bool, token string) string {
+	s := sanitize(v, max)
+	if quote {
+		s = strconv.Quote(s)
+	}
+	const run = 8
+	for i := 0; i+run <= len(s); i++ {
+		if strings.Contains(token, s[i:i+run]) {
+			return "(withheld)"
+		}
+	}
+	return s
 }
 
 // unsafeToken says what is wrong with a token that cannot go into an HTTP

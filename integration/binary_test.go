@@ -120,7 +120,7 @@ func TestBinaryGateway(t *testing.T) {
 	b := startBackend(t, p)
 	dir := t.TempDir()
 	port, admin := freePort(t), freePort(t)
-	logFile := filepath.Join(dir, "caddy.log")
+	logFile := filepath.Join(logDir, "TestBinaryGateway.log")
 	config := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	auto_https off

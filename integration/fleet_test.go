@@ -38,7 +38,7 @@ func startInstance(t *testing.T, storage string, p *emulator.Provider, b *emulat
 	in := &instance{
 		t:    t,
 		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		log:  filepath.Join(dir, "caddy.log"),
+		log:  filepath.Join(logDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), freePort(t))),
 		done: make(chan struct{}),
 	}
 	config := fmt.Sprintf(`{

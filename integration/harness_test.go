@@ -53,8 +53,55 @@ func TestMain(m *testing.M) {
 	}
 	logDir = dir
 	code := m.Run()
+	if err := checkLogsForLeaks(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: leak check:", err)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// providers are all emulators the tests started, for the leak check.
+var (
+	providersMu sync.Mutex
+	providers   []*emulator.Provider
+)
+
+// checkLogsForLeaks reads every log that every Caddy of the run wrote (all
+// at DEBUG level) and fails if any holds a token any emulator issued or a
+// configured secret.
+func checkLogsForLeaks() error {
+	providersMu.Lock()
+	var leaks []string
+	for _, p := range providers {
+		leaks = append(append(leaks, p.Tokens()...), p.RefreshTokens()...)
+	}
+	providersMu.Unlock()
+	tokens := len(leaks)
+	leaks = append(leaks, secrets()...)
+	files, lines := 0, 0
+	err := filepath.Walk(logDir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files++
+		lines += bytes.Count(data, []byte("\n"))
+		for _, leak := range leaks {
+			if bytes.Contains(data, []byte(leak)) {
+				return fmt.Errorf("%s holds a token or secret", filepath.Base(path))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("leak check: %d DEBUG log files, %d lines, %d tokens and %d secrets looked for: none found\n", files, lines, tokens, len(secrets()))
+	return nil
 }
 
 // gateway is a Caddy config loaded into the in-process Caddy.
@@ -199,6 +246,9 @@ func startProvider(t *testing.T, kind emulator.Kind) *emulator.Provider {
 		Password:     "password-" + string(kind) + "-Xk3",
 	})
 	p.Start()
+	providersMu.Lock()
+	providers = append(providers, p)
+	providersMu.Unlock()
 	t.Cleanup(func() {
 		p.Close()
 		if v := p.Violations(); len(v) > 0 {
