@@ -361,3 +361,41 @@ func TestFleetStorageHoldsNoPlaintext(t *testing.T) {
 	}
 	t.Logf("checked %d file_system entries and %d redis keys: no plaintext token or secret", files, len(keys))
 }
+
+// TestFleetRenewalShared: with short-lived tokens and traffic on every
+// instance, the fleet renews once per renewal period, not once per instance:
+// each instance picks up the token another renewed before its own runs out.
+func TestFleetRenewalShared(t *testing.T) {
+	storage := redisStorage(startRedis(t))
+	p := startProvider(t, emulator.ONEiO)
+	p.SetTTL(4 * time.Second)
+	b := startBackend(t, p)
+	fleet := []*instance{startInstance(t, storage, p, b), startInstance(t, storage, p, b), startInstance(t, storage, p, b)}
+	const run = 10 * time.Second
+	deadline := time.Now().Add(run)
+	requests, failed := 0, 0
+	for time.Now().Before(deadline) {
+		for _, in := range fleet {
+			if in.get("/") != http.StatusOK {
+				failed++
+			}
+			requests++
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if failed != 0 {
+		t.Errorf("%d of %d requests failed", failed, requests)
+	}
+	// ONEiO's expires_in is one second short: 3s lifetimes, renewed 20% (plus
+	// up to 5% jitter) ahead: a renewal every ~2.3s at the soonest, so at
+	// most 10s/2.25s + 1 = 5 token requests for the fleet (6 allowed for a
+	// stalled machine); three instances renewing on their own would make
+	// three times as many.
+	if got := p.TokenRequests(); got > 6 || got < 2 {
+		t.Errorf("3 instances over %s with 3s tokens made %d token requests, want 2..6", run, got)
+	}
+	if b.Rejected() != 0 {
+		t.Errorf("backend rejected %d requests", b.Rejected())
+	}
+	t.Logf("3 instances, %d requests over %s with 3s tokens → %d token requests, %d failed", requests, run, p.TokenRequests(), failed)
+}
