@@ -399,3 +399,29 @@ func TestFleetRenewalShared(t *testing.T) {
 	}
 	t.Logf("3 instances, %d requests over %s with 3s tokens → %d token requests, %d failed", requests, run, p.TokenRequests(), failed)
 }
+
+// TestFleetInProcessAndBinary: the in-process Caddy (with the Redis storage
+// module compiled into the test binary) and an xcaddy-built instance share
+// one token through Redis.
+func TestFleetInProcessAndBinary(t *testing.T) {
+	raddr := startRedis(t)
+	p := startProvider(t, emulator.Telenor)
+	b := startBackend(t, p)
+	g := startGateway(t, block(p, "share")+"\treverse_proxy "+b.URL()+"\n")
+	g.loadRaw(strings.Replace(globalOptions(g.log), "auto_https off", "auto_https off\n\t"+redisStorage(raddr), 1) +
+		fmt.Sprintf("http://%s {\n%s\treverse_proxy %s\n}\n", g.addr, block(p, "share"), b.URL()))
+	for range 10 {
+		if st, _, _ := g.get("/in-process"); st != http.StatusOK {
+			t.Fatalf("in-process: status %d", st)
+		}
+	}
+	in := startInstance(t, redisStorage(raddr), p, b)
+	for range 10 {
+		if st := in.get("/binary"); st != http.StatusOK {
+			t.Fatalf("binary: status %d", st)
+		}
+	}
+	if got := p.TokenRequests(); got != 1 {
+		t.Errorf("in-process + binary instance on Redis: %d token requests, want 1", got)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/pberkel/caddy-storage-redis" // storage redis, for the in-process fleet member
 
 	_ "github.com/caddy-upstream-oauth/upstream_oauth"
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
