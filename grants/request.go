@@ -201,7 +201,7 @@ func (c *Client) do(ctx context.Context, fields [][2]string) (*Token, error) {
 // or reset, TLS failure, timeout.
 type TransportError struct{ Err error }
 
-func (e *TransportError) Error() string { return "token request failed: " + e.Err.Error() }
+func (e *TransportError) Error() string { return "no answer from the token endpoint: " + e.Err.Error() }
 func (e *TransportError) Unwrap() error { return e.Err }
 
 // scrubURLError drops the URL from a *url.Error: query strings may carry
