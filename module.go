@@ -6,18 +6,21 @@ package upstreamoauth
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -133,12 +136,15 @@ type Handler struct {
 	prefix  string
 	renewOn []int
 	logger  *zap.Logger
+	value   *headerValue               // the header value of the current token
+	buffer  caddyhttp.ShouldBufferFunc // buffer answers with a renew_on status
 }
 
 // TLS configures the client side of TLS connections to the token endpoint.
 type TLS struct {
-	// CA lists PEM files of extra certificate authorities to trust, in
-	// addition to the system's.
+	// CA lists PEM files of the certificate authorities to trust, instead
+	// of the system's (as reverse_proxy's tls_trust_pool file). Default:
+	// the system's roots.
 	CA []string `json:"ca,omitempty"`
 	// ClientCert and ClientKey are PEM files of a client certificate and
 	// its key, for mutual TLS.
@@ -174,11 +180,18 @@ const (
 // needed.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	if err := useEvents(ctx); err != nil {
+		return err
+	}
 	s, err := h.settings(caddy.NewReplacer())
 	if err != nil {
 		return err
 	}
 	h.header, h.prefix, h.renewOn = s.header, s.prefix, s.renewOn
+	h.value, h.buffer = new(headerValue), h.isRenewStatus
 	h.key = s.key()
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return newPooledSource(ctx, s)
@@ -236,13 +249,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !replayable {
 		return h.passOnce(w, r, next, tok)
 	}
-	header := w.Header().Clone()
+	header := headerPool.Get().(*headerSnapshot)
+	header.take(w.Header())
+	defer headerPool.Put(header)
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
-	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
-		return slices.Contains(h.renewOn, status)
-	})
+	rec := caddyhttp.NewResponseRecorder(w, buf, h.buffer)
 	h.setToken(r, tok)
 	r.Body = body()
 	if err := next.ServeHTTP(rec, r); err != nil {
@@ -253,21 +266,40 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// The upstream refused the token: retire it (once, however many
 	// requests saw it refused), get a new one, replay.
-	h.src.Retire(tok)
+	if h.src.Retire(tok) {
+		metricUpstreamRenewal(h.src.Name(), rec.Status())
+	}
 	tok2, err := h.token(w, r)
 	if err != nil {
+		// The 502 goes out with the header as it was before the upstream
+		// answered, plus token's Retry-After: none of the refused answer's
+		// (its Content-Length would cut the error's body short).
+		retryAfter := w.Header().Values("Retry-After")
+		header.restore(w.Header())
+		if retryAfter != nil {
+			w.Header()["Retry-After"] = retryAfter
+		}
 		return err
 	}
 	if tok2 == tok {
 		return rec.WriteResponse() // the token stays (not ours to retire): pass the answer on
 	}
-	clear(w.Header())
-	for k, v := range header {
-		w.Header()[k] = v
-	}
+	header.restore(w.Header())
+	r = withOwnVars(r)
 	h.setToken(r, tok2)
 	r.Body = body()
 	return next.ServeHTTP(w, r)
+}
+
+// withOwnVars gives a replayed request a copy of its Caddy vars: a goroutine
+// the first attempt left behind (reverse_proxy's dialer) may still read the
+// original map while the replay writes to its own.
+func withOwnVars(r *http.Request) *http.Request {
+	vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if !ok {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, maps.Clone(vars)))
 }
 
 // passOnce forwards a request whose body cannot be kept for a replay: an
@@ -276,8 +308,8 @@ func (h *Handler) passOnce(w http.ResponseWriter, r *http.Request, next caddyhtt
 	h.setToken(r, tok)
 	sw := &statusWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	err := next.ServeHTTP(sw, r)
-	if slices.Contains(h.renewOn, sw.status) {
-		h.src.Retire(tok)
+	if slices.Contains(h.renewOn, sw.status) && h.src.Retire(tok) {
+		metricUpstreamRenewal(h.src.Name(), sw.status)
 	}
 	return err
 }
@@ -295,14 +327,49 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) (*grants.Token, 
 	if c := h.logger.Check(zap.DebugLevel, "no token for request"); c != nil {
 		c.Write(zap.String("source", h.src.Name()), zap.Error(err))
 	}
+	metricNoToken(h.src.Name())
 	return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream_oauth %s: %w", h.src.Name(), err))
 }
 
 // setToken puts tok on r, replacing what the client sent; the client's own
 // Authorization never reaches the upstream.
 func (h *Handler) setToken(r *http.Request, tok *grants.Token) {
-	r.Header.Del("Authorization")
-	r.Header.Set(h.header, h.prefix+tok.AccessToken)
+	if h.header != defaultHeader {
+		r.Header.Del(defaultHeader)
+	}
+	r.Header.Set(h.header, h.value.of(h.prefix, tok))
+}
+
+// isRenewStatus reports whether an upstream answer with status retires the
+// token: the recorder's ShouldBufferFunc, made once in Provision.
+func (h *Handler) isRenewStatus(status int, _ http.Header) bool {
+	return slices.Contains(h.renewOn, status)
+}
+
+// headerValue holds the header value (scheme and token) of the token a
+// handler last set, so that it is built once per token rather than once per
+// request: a request then allocates nothing for its token but the header's
+// own slice.
+type headerValue struct {
+	last atomic.Pointer[formattedToken]
+}
+
+type formattedToken struct {
+	tok   *grants.Token
+	value string
+}
+
+// of returns prefix+tok.AccessToken, built once for each new tok.
+func (v *headerValue) of(prefix string, tok *grants.Token) string {
+	if v == nil {
+		return prefix + tok.AccessToken
+	}
+	if f := v.last.Load(); f != nil && f.tok == tok {
+		return f.value
+	}
+	f := &formattedToken{tok: tok, value: prefix + tok.AccessToken}
+	v.last.Store(f)
+	return f.value
 }
 
 // keepBody reads a small request body into memory so the request can be
@@ -330,6 +397,46 @@ func keepBody(r *http.Request) (body func() io.ReadCloser, replayable bool, err 
 }
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+var headerPool = sync.Pool{New: func() any { return new(headerSnapshot) }}
+
+// headerSnapshot is a copy of a response header as it was before the
+// upstream answered, to restore it before a replay. It is Header.Clone
+// without the allocations: its slices are reused from the pool, and only
+// restore (on a replay) allocates.
+type headerSnapshot struct {
+	keys []string
+	lens []int // values of each key; -1 for a nil slice (kept, as Clone does)
+	vals []string
+}
+
+func (s *headerSnapshot) take(h http.Header) {
+	s.keys, s.lens, s.vals = s.keys[:0], s.lens[:0], s.vals[:0]
+	for k, v := range h {
+		s.keys = append(s.keys, k)
+		if v == nil {
+			s.lens = append(s.lens, -1)
+			continue
+		}
+		s.lens = append(s.lens, len(v))
+		s.vals = append(s.vals, v...)
+	}
+}
+
+// restore makes h what it was at take, with slices of its own.
+func (s *headerSnapshot) restore(h http.Header) {
+	clear(h)
+	i := 0
+	for j, k := range s.keys {
+		n := s.lens[j]
+		if n < 0 {
+			h[k] = nil
+			continue
+		}
+		h[k] = append(make([]string, 0, n), s.vals[i:i+n]...)
+		i += n
+	}
+}
 
 // statusWriter records the status written through it.
 type statusWriter struct {
@@ -482,7 +589,11 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 	}
 	s.Name = expand(h.Name)
 	if s.Name == "" {
-		s.Name = defaultName(s.Provider, g.TokenURL)
+		id := g.ClientID
+		if id == "" && g.Grant == grants.ClientCredentials {
+			id = g.Username
+		}
+		s.Name = defaultName(s.Provider, g.TokenURL, id)
 	}
 	return s, nil
 }
@@ -507,17 +618,22 @@ func parseRefreshAhead(v string) (time.Duration, float64, error) {
 	return d, 0, nil
 }
 
-// defaultName names a source after its provider, or its token URL's host.
-func defaultName(provider, tokenURL string) string {
-	if provider != "" {
-		return provider
+// defaultName names a source after its provider (or its token URL's host)
+// and its client (client_id, not a secret), so that two accounts at one
+// provider get two names: "1nce:api-user".
+func defaultName(provider, tokenURL, client string) string {
+	name := provider
+	if name == "" {
+		name = tokenURL
+		if _, rest, ok := strings.Cut(name, "://"); ok {
+			name = rest
+		}
+		name, _, _ = strings.Cut(name, "/")
 	}
-	host := tokenURL
-	if _, rest, ok := strings.Cut(host, "://"); ok {
-		host = rest
+	if client != "" {
+		name += ":" + client
 	}
-	host, _, _ = strings.Cut(host, "/")
-	return host
+	return name
 }
 
 // Interface guards.

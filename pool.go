@@ -64,6 +64,8 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 			return nil, fmt.Errorf("share: %v", err)
 		}
 		shared.SetStorage(ctx.Storage())
+		name := s.Name
+		shared.OnLookup = func(hit bool) { metricStorage(name, hit) }
 		opts.Shared = shared
 	}
 	if s.LogoutURL != "" {
@@ -76,6 +78,7 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 	if id == "" && s.Grants.Grant == grants.ClientCredentials {
 		id = s.Grants.Username
 	}
+	opts.OnResult = onResult(s) // metrics and events (events.go)
 	return &pooledSource{
 		Source:   cache.New(opts),
 		provider: s.Provider,

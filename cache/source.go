@@ -160,14 +160,18 @@ func (s *Source) Get(ctx context.Context) (*grants.Token, error) {
 		s.used.Store(true)
 	}
 	st := s.snap.Load()
-	now := time.Now()
-	if st.tok != nil && now.Before(st.tok.Expiry) {
-		if !now.Before(st.renewAt) && !s.inflight.Load() && !now.Before(st.retryAt) {
-			s.mu.Lock()
-			s.startLocked(false)
-			s.mu.Unlock()
+	// One read of the monotonic clock (time.Until), half the price of
+	// time.Now: left is how long the token lasts; a renewal is due once left
+	// is down to the time between renewAt and expiry.
+	if st.tok != nil {
+		if left := time.Until(st.tok.Expiry); left > 0 {
+			if left <= st.tok.Expiry.Sub(st.renewAt) && !s.inflight.Load() && time.Until(st.retryAt) <= 0 {
+				s.mu.Lock()
+				s.startLocked(false)
+				s.mu.Unlock()
+			}
+			return st.tok, nil
 		}
-		return st.tok, nil
 	}
 	return s.wait(ctx)
 }
@@ -324,7 +328,10 @@ func (s *Source) report(res Result, next, old *snapshot) {
 			zap.Duration("lifetime", res.Token.Lifetime),
 			zap.Time("expires", res.Token.Expiry),
 			zap.String("scope", res.Token.Scope))
-		return // no token request was made
+		if s.opts.OnResult != nil {
+			s.opts.OnResult(res) // an event, but no token request to count
+		}
+		return
 	}
 	if res.Err == nil {
 		s.log.Info("token obtained",

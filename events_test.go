@@ -1,0 +1,189 @@
+package upstreamoauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/cache"
+	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
+)
+
+// recorder is an event handler that keeps what it is given.
+type recorder struct {
+	mu     sync.Mutex
+	events []caddy.Event
+}
+
+func (r *recorder) Handle(_ context.Context, e caddy.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+	return nil
+}
+
+func (r *recorder) named(name string) []caddy.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []caddy.Event
+	for _, e := range r.events {
+		if e.Name() == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// testEventApp is a started events app of a config of its own, its events
+// going to a recorder, recorded as useEvents would for a handler. cancel
+// ends the config.
+func testEventApp(t *testing.T) (rec *recorder, cancel func()) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	app := new(caddyevents.App)
+	if err := app.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec = new(recorder)
+	if err := app.On("", rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventApps.Lock()
+	eventApps.seq++
+	eventApps.byConfig[ctx.GetMetricsRegistry()] = &eventApp{app: app, ctx: ctx, seq: eventApps.seq}
+	eventApps.Unlock()
+	return rec, cancel
+}
+
+// isolateEventApps empties the record of events apps for one test.
+func isolateEventApps(t *testing.T) {
+	eventApps.Lock()
+	saved := eventApps.byConfig
+	eventApps.byConfig = map[*prometheus.Registry]*eventApp{}
+	eventApps.Unlock()
+	t.Cleanup(func() {
+		eventApps.Lock()
+		eventApps.byConfig = saved
+		eventApps.Unlock()
+	})
+}
+
+// TestEventsFromSource: a source's token requests emit token_obtained and
+// token_failed, with the provider's reason and without token or secret.
+func TestEventsFromSource(t *testing.T) {
+	isolateEventApps(t)
+	rec, _ := testEventApp(t)
+	f := &fakeFetcher{ttl: time.Hour}
+	src := uniq("events-src")
+	p, _ := testSource(t, src, f)
+	if _, err := p.Get(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.fail(&grants.ProviderError{Status: 401, Code: "invalid_client", Description: "Client authentication failed"})
+	if err := p.Renew(context.Background()); err == nil {
+		t.Fatal("renewal against a failing provider succeeded")
+	}
+
+	// OnResult runs just after the waiters are released: wait for it.
+	waitFor(t, func() bool { return len(rec.named(eventTokenObtained))+len(rec.named(eventTokenFailed)) == 2 }, "two events")
+	ok := rec.named(eventTokenObtained)
+	if len(ok) != 1 {
+		t.Fatalf("token_obtained events: %d, want 1", len(ok))
+	}
+	d := ok[0].Data
+	if d["source"] != src || d["provider"] != "oneio" || d["grant"] != "client_credentials" ||
+		d["lifetime"] != time.Hour || d["scope"] != "read" || d["refresh_grant"] != false {
+		t.Errorf("token_obtained data: %v", d)
+	}
+	if exp, _ := d["expiry"].(time.Time); time.Until(exp) < 59*time.Minute {
+		t.Errorf("token_obtained expiry: %v", d["expiry"])
+	}
+	if d["token_url"] != "https://auth.example/oauth2/token?api_key=REDACTED" {
+		t.Errorf("token_url: %v", d["token_url"])
+	}
+
+	failed := rec.named(eventTokenFailed)
+	if len(failed) != 1 {
+		t.Fatalf("token_failed events: %d, want 1", len(failed))
+	}
+	d = failed[0].Data
+	if d["source"] != src || d["result"] != "provider_error" || d["status"] != 401 ||
+		d["code"] != "invalid_client" || d["description"] != "Client authentication failed" ||
+		!strings.Contains(d["error"].(string), "invalid_client") {
+		t.Errorf("token_failed data: %v", d)
+	}
+	for _, e := range append(ok, failed...) {
+		if s := fmt.Sprint(e.Data) + string(e.CloudEvent().Data); strings.Contains(s, "LEAKCHECK") {
+			t.Errorf("%s event holds a secret or token: %s", e.Name(), s)
+		}
+	}
+}
+
+// TestEventsGoToOneConfig: with several configs' events apps recorded (a
+// reload in progress), an event goes to one: the newest whose config is not
+// gone (the running one, in a real Caddy, before that).
+func TestEventsGoToOneConfig(t *testing.T) {
+	isolateEventApps(t)
+	old, _ := testEventApp(t)
+	cur, cancelCur := testEventApp(t)
+	info := sourceInfo{name: "reload-src"}
+	tok := &grants.Token{AccessToken: "tok-LEAKCHECK", Lifetime: time.Minute, Expiry: time.Now().Add(time.Minute)}
+	emitResult(info, cache.Result{Source: "reload-src", Token: tok})
+	if len(old.named(eventTokenObtained)) != 0 || len(cur.named(eventTokenObtained)) != 1 {
+		t.Errorf("events: old config %d, newest %d; want 0, 1",
+			len(old.named(eventTokenObtained)), len(cur.named(eventTokenObtained)))
+	}
+	cancelCur() // the new config failed, or was stopped
+	emitResult(info, cache.Result{Source: "reload-src", Err: errors.New("boom")})
+	if len(old.named(eventTokenFailed)) != 1 || len(cur.named(eventTokenFailed)) != 0 {
+		t.Errorf("after the newest config ended: old config %d, newest %d; want 1, 0",
+			len(old.named(eventTokenFailed)), len(cur.named(eventTokenFailed)))
+	}
+	eventApps.Lock()
+	n := len(eventApps.byConfig)
+	eventApps.Unlock()
+	if n != 1 {
+		t.Errorf("events apps of ended configs kept: %d recorded, want 1", n)
+	}
+}
+
+// TestUseEventsBareContext: a context with no config (as in benchmarks)
+// has no events app; provisioning goes on without one.
+func TestUseEventsBareContext(t *testing.T) {
+	isolateEventApps(t)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := useEvents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e := currentEventApp(); e != nil {
+		t.Errorf("an events app recorded for a bare context")
+	}
+	emitResult(sourceInfo{name: "x"}, cache.Result{Source: "x", Err: errors.New("boom")}) // no panic
+}
+
+func TestDisplayURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://api.1nce.com/management-api/oauth/token": "https://api.1nce.com/management-api/oauth/token",
+		"https://h.example/token?api_key=s3cret&x=1#frag": "https://h.example/token?api_key=REDACTED&x=REDACTED",
+		"http://127.0.0.1:8080/token":                     "http://127.0.0.1:8080/token",
+		"https://user:pw@h.example/t":                     "https://h.example/t",
+		"://bad":                                          "(unparsable URL)",
+	} {
+		if got := displayURL(in); got != want {
+			t.Errorf("displayURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

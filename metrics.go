@@ -1,0 +1,206 @@
+package upstreamoauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/cache"
+	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
+)
+
+// Metrics, in Caddy's registry (the admin /metrics), all labelled by source
+// name. The collectors are made once per process and registered on every
+// config's registry: token sources outlive configs, and so do their counts.
+//
+//	caddy_upstream_oauth_token_requests_total{source,result}
+//	caddy_upstream_oauth_token_request_duration_seconds{source}
+//	caddy_upstream_oauth_token_expiry_timestamp_seconds{source}
+//	caddy_upstream_oauth_upstream_renewals_total{source,status}
+//	caddy_upstream_oauth_no_token_responses_total{source}
+//	caddy_upstream_oauth_storage_lookups_total{source,result}
+var metrics = struct {
+	tokenRequests   *prometheus.CounterVec
+	tokenDuration   *prometheus.HistogramVec
+	tokenExpiry     *expiryCollector
+	upstreamRenewal *prometheus.CounterVec
+	noToken         *prometheus.CounterVec
+	storageLookups  *prometheus.CounterVec
+}{
+	tokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "token_requests_total",
+		Help: "Token requests to the provider, by source and result: " + resultsHelp + ".",
+	}, []string{"source", "result"}),
+	tokenDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name:    "token_request_duration_seconds",
+		Help:    "Duration of token requests to the provider, whatever their result.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"source"}),
+	tokenExpiry: &expiryCollector{desc: prometheus.NewDesc(
+		prometheus.BuildFQName(metricsNS, metricsSub, "token_expiry_timestamp_seconds"),
+		"Unix time at which the source's current token expires; absent while the source holds no valid token.",
+		[]string{"source"}, nil)},
+	upstreamRenewal: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "upstream_renewals_total",
+		Help: "Tokens retired because the upstream answered with a renew_on status, by source and that status.",
+	}, []string{"source", "status"}),
+	noToken: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "no_token_responses_total",
+		Help: "Requests answered 502 because the source had no valid token.",
+	}, []string{"source"}),
+	storageLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "storage_lookups_total",
+		Help: "Lookups of a usable token in shared storage (share), by source and result: hit or miss.",
+	}, []string{"source", "result"}),
+}
+
+const (
+	metricsNS  = "caddy"
+	metricsSub = "upstream_oauth"
+)
+
+// Results of a token request, the result label of token_requests_total.
+const (
+	resultSuccess         = "success"
+	resultProviderError   = "provider_error"   // the provider answered with an error
+	resultInvalidResponse = "invalid_response" // an answer that is refused as unusable
+	resultTimeout         = "timeout"          // no answer within timeout
+	resultTransportError  = "transport_error"  // no answer: connection or TLS failure
+	resultCanceled        = "canceled"         // abandoned: the source was stopped
+	resultError           = "error"            // anything else
+)
+
+var results = []string{resultSuccess, resultProviderError, resultInvalidResponse, resultTimeout, resultTransportError, resultCanceled, resultError}
+
+const resultsHelp = "success, provider_error, invalid_response, timeout, transport_error, canceled or error"
+
+// registerMetrics registers the collectors on a config's registry. The same
+// collectors go to every config's registry, so a reload neither loses counts
+// nor fails: registering one again is not an error.
+func registerMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		metrics.tokenRequests, metrics.tokenDuration, metrics.tokenExpiry,
+		metrics.upstreamRenewal, metrics.noToken, metrics.storageLookups,
+	} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) && are.ExistingCollector == c {
+				continue
+			}
+			return fmt.Errorf("registering metrics: %v", err)
+		}
+	}
+	return nil
+}
+
+// initSourceMetrics makes a source's series exist at zero, so that the
+// first failure shows as an increase rather than a new series.
+func initSourceMetrics(source string) {
+	for _, r := range results {
+		metrics.tokenRequests.WithLabelValues(source, r)
+	}
+	metrics.noToken.WithLabelValues(source)
+}
+
+// resultOf classifies a token request's outcome for the result label.
+func resultOf(err error) string {
+	var (
+		pe *grants.ProviderError
+		re *grants.ResponseError
+		te *grants.TransportError
+	)
+	switch {
+	case err == nil:
+		return resultSuccess
+	case errors.Is(err, context.Canceled):
+		return resultCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return resultTimeout
+	case errors.As(err, &pe):
+		return resultProviderError
+	case errors.As(err, &re):
+		return resultInvalidResponse
+	case errors.As(err, &te):
+		return resultTransportError
+	}
+	return resultError
+}
+
+// metricTokenRequest counts a token request and its duration. A token taken
+// from shared storage made no request, and is not counted here.
+func metricTokenRequest(res cache.Result) {
+	if res.Shared && res.Err == nil {
+		return
+	}
+	metrics.tokenRequests.WithLabelValues(res.Source, resultOf(res.Err)).Inc()
+	metrics.tokenDuration.WithLabelValues(res.Source).Observe(res.Duration.Seconds())
+}
+
+// metricUpstreamRenewal counts a token retired because the upstream
+// answered with status, a renew_on status.
+func metricUpstreamRenewal(source string, status int) {
+	metrics.upstreamRenewal.WithLabelValues(source, strconv.Itoa(status)).Inc()
+}
+
+// metricNoToken counts a request answered 502 for lack of a token.
+func metricNoToken(source string) {
+	metrics.noToken.WithLabelValues(source).Inc()
+}
+
+// metricStorage counts a lookup of a usable token in shared storage.
+func metricStorage(source string, hit bool) {
+	r := "miss"
+	if hit {
+		r = "hit"
+	}
+	metrics.storageLookups.WithLabelValues(source, r).Inc()
+}
+
+// expiryCollector reports, at scrape time, the expiry of the token each
+// live source holds: a source that left the config, or whose token lapsed,
+// has no series, so no stale expiry can raise an alert.
+type expiryCollector struct {
+	desc *prometheus.Desc
+}
+
+func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	// Sources with the same name (settings changed across a reload, for a
+	// moment both live) make one series: the latest expiry.
+	latest := map[string]time.Time{}
+	for _, p := range liveSources() {
+		st := p.Status()
+		if st.Expiry != nil && st.Expiry.After(latest[st.Name]) {
+			latest[st.Name] = *st.Expiry
+		}
+	}
+	for name, exp := range latest {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
+			float64(exp.UnixNano())/1e9, name)
+	}
+}
+
+// liveSources lists the token sources of the process.
+func liveSources() []*pooledSource {
+	var out []*pooledSource
+	sources.Range(func(_, v any) bool {
+		if p, ok := v.(*pooledSource); ok {
+			out = append(out, p)
+		}
+		return true
+	})
+	return out
+}
