@@ -391,7 +391,7 @@ func TestChaos(t *testing.T) {
 func TestChaosRevokedThenDown(t *testing.T) {
 	p := startProvider(t, emulator.OneNCE)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	if status, body, _ := g.get("/before"); status != http.StatusOK {
 		t.Fatalf("before: %d %q", status, body)
 	}

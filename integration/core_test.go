@@ -17,7 +17,7 @@ func TestProvidersEndToEnd(t *testing.T) {
 		t.Run(string(kind), func(t *testing.T) {
 			p := startProvider(t, kind)
 			b := startBackend(t, p)
-			g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+			g := startGateway(t, proxied(p, b))
 			for i := range 20 {
 				status, body, _ := g.get("/v1/sims")
 				if status != http.StatusOK || !strings.HasPrefix(body, "ok "+string(kind)) {
@@ -39,7 +39,7 @@ func TestProvidersEndToEnd(t *testing.T) {
 func TestManyRequestsOneTokenRequest(t *testing.T) {
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	for i := range 500 {
 		if status, body, _ := g.get("/"); status != http.StatusOK {
 			t.Fatalf("request %d: %d %q", i, status, body)
@@ -58,7 +58,7 @@ func TestConcurrentColdRequests(t *testing.T) {
 	p.SetSlowDelay(300 * time.Millisecond)
 	p.SetMode(emulator.Slow)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	counts := g.concurrently(200, "/cold")
 	if counts[http.StatusOK] != 200 {
 		t.Errorf("statuses: %v, want 200×200", counts)
@@ -76,7 +76,7 @@ func TestBackgroundRenewal(t *testing.T) {
 	p := startProvider(t, emulator.Telenor)
 	p.SetTTL(2 * time.Second)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p, "refresh_ahead 50%")+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b, "refresh_ahead 50%"))
 	deadline := time.Now().Add(7 * time.Second)
 	n := 0
 	for time.Now().Before(deadline) {
@@ -103,7 +103,7 @@ func TestBackgroundRenewal(t *testing.T) {
 func TestClientAuthorizationNeverForwarded(t *testing.T) {
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	clientValues := []string{"Bearer client-own-token-1", "Basic dXNlcjpwYXNzLWNsaWVudC0y", "bearer client-own-token-3", "Token client-own-token-4"}
 	for _, v := range clientValues {
 		h := http.Header{"Authorization": {v, "Bearer client-second-value-5"}}
@@ -134,7 +134,7 @@ func TestClientAuthorizationNeverForwarded(t *testing.T) {
 func TestReload(t *testing.T) {
 	p := startProvider(t, emulator.OneNCE)
 	b := startBackend(t, p)
-	site := block(p) + "\treverse_proxy " + b.URL() + "\n"
+	site := proxied(p, b)
 	g := startGateway(t, site)
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("status %d", status)
@@ -167,7 +167,7 @@ func TestReload(t *testing.T) {
 	}
 
 	// A changed setting makes a new source: one new token request.
-	g.load(block(p, "name renamed") + "\treverse_proxy " + b.URL() + "\n")
+	g.load(proxied(p, b, "name renamed"))
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("status %d after changed reload", status)
 	}
@@ -196,7 +196,7 @@ func TestProviderErrorsGive502(t *testing.T) {
 			p := startProvider(t, tc.kind)
 			p.SetMode(tc.mode)
 			b := startBackend(t, p)
-			g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+			g := startGateway(t, proxied(p, b))
 			status, _, _ := g.get("/first")
 			if status != http.StatusBadGateway {
 				t.Errorf("first request: status %d, want 502", status)
@@ -226,7 +226,7 @@ func TestProviderErrorsGive502(t *testing.T) {
 func TestLogoutOnUnload(t *testing.T) {
 	p := startProvider(t, emulator.Telenor)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}

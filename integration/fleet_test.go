@@ -407,7 +407,7 @@ func TestFleetInProcessAndBinary(t *testing.T) {
 	raddr := startRedis(t)
 	p := startProvider(t, emulator.Telenor)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p, "share")+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b, "share"))
 	g.loadRaw(strings.Replace(globalOptions(g.log), "auto_https off", "auto_https off\n\t"+redisStorage(raddr), 1) +
 		fmt.Sprintf("http://%s {\n%s\treverse_proxy %s\n}\n", g.addr, block(p, "share"), b.URL()))
 	for range 10 {

@@ -288,6 +288,12 @@ func block(p *emulator.Provider, extra ...string) string {
 	return b.String()
 }
 
+// proxied is a site body: p's upstream_oauth block (plus extra lines) in
+// front of reverse_proxy to b.
+func proxied(p *emulator.Provider, b *emulator.Backend, extra ...string) string {
+	return block(p, extra...) + "\treverse_proxy " + b.URL() + "\n"
+}
+
 // secrets are the credentials the tests configure, for leak checks.
 func secrets() []string {
 	var out []string

@@ -123,7 +123,7 @@ func TestOpsMetrics(t *testing.T) {
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
 	name := opsName("metrics")
-	site := block(p, "name "+name) + "\treverse_proxy " + b.URL() + "\n"
+	site := proxied(p, b, "name "+name)
 	g := startGateway(t, site)
 	var scrapes []string
 	expect := func(step string, want map[string]float64) string {
@@ -213,7 +213,7 @@ func TestOpsMetrics(t *testing.T) {
 
 	// A reload that changes a setting makes a new source of the same name:
 	// its counts add to the old ones.
-	g.load(block(p, "name "+name, "timeout 7s") + "\treverse_proxy " + b.URL() + "\n")
+	g.load(proxied(p, b, "name "+name, "timeout 7s"))
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("request after a changed reload: %d", status)
 	}
@@ -428,7 +428,7 @@ func TestOpsEvents(t *testing.T) {
 		global := strings.Replace(globalOptions(g.log), "\tauto_https off\n", "\tauto_https off\n"+events, 1)
 		g.loadRaw(global + fmt.Sprintf("http://%s {\n%s\n}\n", g.addr, site))
 	}
-	site := block(p, "name "+name) + "\treverse_proxy " + b.URL() + "\n"
+	site := proxied(p, b, "name "+name)
 	load(site)
 
 	if status, body, _ := g.get("/"); status != http.StatusOK {
@@ -516,7 +516,7 @@ func TestOpsLogs(t *testing.T) {
 	p := startProvider(t, emulator.OneNCE)
 	b := startBackend(t, p)
 	name := opsName("logs")
-	g := startGateway(t, block(p, "name "+name)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b, "name "+name))
 	for i := range 50 {
 		if status, _, _ := g.get(fmt.Sprintf("/r%d", i)); status != http.StatusOK {
 			t.Fatalf("request %d: %d", i, status)

@@ -16,7 +16,7 @@ import (
 func TestRenewOnRevokedToken(t *testing.T) {
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}
@@ -45,7 +45,7 @@ func TestRenewOnRevokedToken(t *testing.T) {
 func TestRenewOnConcurrentRefusals(t *testing.T) {
 	p := startProvider(t, emulator.OneNCE)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}
@@ -66,7 +66,7 @@ func TestRenewOnConcurrentRefusals(t *testing.T) {
 func TestRenewOnLargeBodyPassesThrough(t *testing.T) {
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
-	g := startGateway(t, block(p)+"\treverse_proxy "+b.URL()+"\n")
+	g := startGateway(t, proxied(p, b))
 	if status, _, _ := g.get("/"); status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}
