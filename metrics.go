@@ -114,6 +114,29 @@ func initSourceMetrics(source string) {
 	metrics.noToken.WithLabelValues(source)
 }
 
+// forgetSourceMetrics drops the series of a source name once no source of
+// that name is left, so that tenants that come and go do not grow the
+// registry without bound. A reload that keeps the name keeps the counts: the
+// new source exists before the old one is destroyed.
+func forgetSourceMetrics(source string) {
+	inUse := false
+	sources.Range(func(_, v any) bool {
+		if p, ok := v.(*pooledSource); ok && p.Name() == source {
+			inUse = true
+		}
+		return !inUse
+	})
+	if inUse {
+		return
+	}
+	labels := prometheus.Labels{"source": source}
+	metrics.tokenRequests.DeletePartialMatch(labels)
+	metrics.tokenDuration.DeletePartialMatch(labels)
+	metrics.upstreamRenewal.DeletePartialMatch(labels)
+	metrics.noToken.DeletePartialMatch(labels)
+	metrics.storageLookups.DeletePartialMatch(labels)
+}
+
 // resultOf classifies a token request's outcome for the result label.
 func resultOf(err error) string {
 	var (

@@ -261,8 +261,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err := next.ServeHTTP(rec, r); err != nil {
 		return err
 	}
-	if !rec.Buffered() {
-		return nil
+	if !rec.Buffered() || rec.Status() == 0 {
+		return nil // passed through, or nothing written: not a refusal
 	}
 	// The upstream refused the token: retire it (once, however many
 	// requests saw it refused), get a new one, replay.
@@ -376,7 +376,9 @@ func (v *headerValue) of(prefix string, tok *grants.Token) string {
 // replayed: body returns a fresh reader each time. replayable is false when
 // the body is larger than 64 KiB (r.Body then still yields all of it).
 func keepBody(r *http.Request) (body func() io.ReadCloser, replayable bool, err error) {
-	if r.Body == nil || r.Body == http.NoBody {
+	// A server request with ContentLength 0 has no body (an unknown length
+	// is -1), though Caddy wraps its r.Body: nothing to read or keep.
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return func() io.ReadCloser { return http.NoBody }, true, nil
 	}
 	if r.ContentLength > maxReplayBody {

@@ -95,6 +95,7 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 // shared with other instances is logged out (when a logout_url is set).
 func (p *pooledSource) Destruct() error {
 	p.Stop(!p.share)
+	forgetSourceMetrics(p.Name())
 	return nil
 }
 

@@ -38,22 +38,36 @@ func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 }
 
 // NewHTTPClient returns an HTTP client for token requests: it follows no
-// redirect, honours HTTPS_PROXY/NO_PROXY and uses tlsConfig (nil: the
-// system's roots).
+// redirect, honours HTTPS_PROXY/NO_PROXY and uses tlsConfig. With a nil
+// tlsConfig (the system's roots) every client shares one transport, so that
+// many sources at one provider share its connections rather than each
+// keeping its own open.
 func NewHTTPClient(tlsConfig *tls.Config) *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = http.ProxyFromEnvironment
+	tr := sharedTransport
 	if tlsConfig != nil {
-		tr.TLSClientConfig = tlsConfig
+		tr = newTransport(tlsConfig)
 	}
-	tr.MaxIdleConnsPerHost = 2
-	tr.IdleConnTimeout = 90 * time.Second
 	return &http.Client{
 		Transport: tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
 	}
+}
+
+// sharedTransport carries the token requests of every client without a TLS
+// config of its own.
+var sharedTransport = newTransport(nil)
+
+func newTransport(tlsConfig *tls.Config) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = http.ProxyFromEnvironment
+	if tlsConfig != nil {
+		tr.TLSClientConfig = tlsConfig
+	}
+	tr.MaxIdleConnsPerHost = 4
+	tr.IdleConnTimeout = 90 * time.Second
+	return tr
 }
 
 // Token requests a new token with the configured grant.
