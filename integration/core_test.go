@@ -224,12 +224,7 @@ func TestProviderErrorsGive502(t *testing.T) {
 // TestLogoutOnUnload: a Telenor source that leaves the config logs its
 // token out.
 func TestLogoutOnUnload(t *testing.T) {
-	p := startProvider(t, emulator.Telenor)
-	b := startBackend(t, p)
-	g := startGateway(t, proxied(p, b))
-	if status, _, _ := g.get("/"); status != http.StatusOK {
-		t.Fatalf("status %d", status)
-	}
+	p, _, g := startWarm(t, emulator.Telenor)
 	g.load("\trespond 204\n")
 	if !eventually(5*time.Second, func() bool { return p.Logouts() == 1 }) {
 		t.Errorf("logouts after the source left the config: %d, want 1", p.Logouts())

@@ -294,6 +294,20 @@ func proxied(p *emulator.Provider, b *emulator.Backend, extra ...string) string 
 	return block(p, extra...) + "\treverse_proxy " + b.URL() + "\n"
 }
 
+// startWarm starts an emulator of kind, a backend trusting it, and a gateway
+// between them (with extra lines in the block), and sends one request
+// through, which must succeed: the source then holds a token.
+func startWarm(t *testing.T, kind emulator.Kind, extra ...string) (*emulator.Provider, *emulator.Backend, *gateway) {
+	t.Helper()
+	p := startProvider(t, kind)
+	b := startBackend(t, p)
+	g := startGateway(t, proxied(p, b, extra...))
+	if status, body, _ := g.get("/warm-up"); status != http.StatusOK {
+		t.Fatalf("warm-up request: %d %q", status, body)
+	}
+	return p, b, g
+}
+
 // secrets are the credentials the tests configure, for leak checks.
 func secrets() []string {
 	var out []string

@@ -14,12 +14,7 @@ import (
 // is refused upstream with 401, the token is retired, a new one obtained and
 // the request replayed: the client sees 200.
 func TestRenewOnRevokedToken(t *testing.T) {
-	p := startProvider(t, emulator.ONEiO)
-	b := startBackend(t, p)
-	g := startGateway(t, proxied(p, b))
-	if status, _, _ := g.get("/"); status != http.StatusOK {
-		t.Fatalf("status %d", status)
-	}
+	p, b, g := startWarm(t, emulator.ONEiO)
 	p.RevokeAll()
 	body := bytes.Repeat([]byte("x"), 1000)
 	status, _, h := g.do(http.MethodPost, "/after-revoke", nil, body)
@@ -43,12 +38,7 @@ func TestRenewOnRevokedToken(t *testing.T) {
 // TestRenewOnConcurrentRefusals: many requests refused at once with the
 // same revoked token cause one renewal, and all are replayed.
 func TestRenewOnConcurrentRefusals(t *testing.T) {
-	p := startProvider(t, emulator.OneNCE)
-	b := startBackend(t, p)
-	g := startGateway(t, proxied(p, b))
-	if status, _, _ := g.get("/"); status != http.StatusOK {
-		t.Fatalf("status %d", status)
-	}
+	p, _, g := startWarm(t, emulator.OneNCE)
 	p.RevokeAll()
 	counts := g.concurrently(50, "/burst")
 	if counts[http.StatusOK] != 50 {
@@ -64,12 +54,7 @@ func TestRenewOnConcurrentRefusals(t *testing.T) {
 // keep (over 64 KiB) is not replayed: the upstream's 401 passes through,
 // the token is still retired, and the next request succeeds.
 func TestRenewOnLargeBodyPassesThrough(t *testing.T) {
-	p := startProvider(t, emulator.ONEiO)
-	b := startBackend(t, p)
-	g := startGateway(t, proxied(p, b))
-	if status, _, _ := g.get("/"); status != http.StatusOK {
-		t.Fatalf("status %d", status)
-	}
+	p, _, g := startWarm(t, emulator.ONEiO)
 	p.RevokeAll()
 	big := bytes.Repeat([]byte("y"), 64<<10+1)
 	status, _, h := g.do(http.MethodPost, "/upload", nil, big)
