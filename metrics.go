@@ -119,14 +119,7 @@ func initSourceMetrics(source string) {
 // registry without bound. A reload that keeps the name keeps the counts: the
 // new source exists before the old one is destroyed.
 func forgetSourceMetrics(source string) {
-	inUse := false
-	sources.Range(func(_, v any) bool {
-		if p, ok := v.(*pooledSource); ok && p.Name() == source {
-			inUse = true
-		}
-		return !inUse
-	})
-	if inUse {
+	if len(sourcesNamed(source)) > 0 {
 		return
 	}
 	labels := prometheus.Labels{"source": source}

@@ -308,7 +308,7 @@ func (h *Handler) passOnce(w http.ResponseWriter, r *http.Request, next caddyhtt
 	h.setToken(r, tok)
 	sw := &statusWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	err := next.ServeHTTP(sw, r)
-	if slices.Contains(h.renewOn, sw.status) && h.src.Retire(tok) {
+	if h.isRenewStatus(sw.status, nil) && h.src.Retire(tok) {
 		metricUpstreamRenewal(h.src.Name(), sw.status)
 	}
 	return err
@@ -591,11 +591,7 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 	}
 	s.Name = expand(h.Name)
 	if s.Name == "" {
-		id := g.ClientID
-		if id == "" && g.Grant == grants.ClientCredentials {
-			id = g.Username
-		}
-		s.Name = defaultName(s.Provider, g.TokenURL, id)
+		s.Name = defaultName(s.Provider, g.TokenURL, g.ClientIdentity())
 	}
 	return s, nil
 }

@@ -74,17 +74,13 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 			return client.Logout(ctx, logoutURL, tok)
 		}
 	}
-	id := s.Grants.ClientID
-	if id == "" && s.Grants.Grant == grants.ClientCredentials {
-		id = s.Grants.Username
-	}
 	opts.OnResult = onResult(s) // metrics and events (events.go)
 	return &pooledSource{
 		Source:   cache.New(opts),
 		provider: s.Provider,
 		tokenURL: s.Grants.TokenURL,
 		grant:    s.Grants.Grant,
-		clientID: id,
+		clientID: s.Grants.ClientIdentity(),
 		scopes:   s.Grants.Scopes,
 		share:    s.Share,
 		shared:   shared,

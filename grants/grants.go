@@ -69,6 +69,14 @@ func (c Config) clientCredentials() (id, secret string) {
 	return c.ClientID, c.ClientSecret
 }
 
+// ClientIdentity is the client id the token requests carry (username under
+// client_credentials when no client_id is set): not a secret, for names and
+// the admin API.
+func (c Config) ClientIdentity() string {
+	id, _ := c.clientCredentials()
+	return id
+}
+
 // Validate reports the first problem with c, in words fit for a config error.
 // It never quotes a secret.
 func (c Config) Validate() error {
