@@ -8,10 +8,11 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/cache"
 )
 
 func init() {
@@ -55,45 +56,16 @@ func (a *adminSources) Routes() []caddy.AdminRoute {
 	}
 }
 
-// sourceStatus is a token source as the admin API shows it.
+// sourceStatus is a token source as the admin API shows it: its
+// description and its state.
 type sourceStatus struct {
-	Name        string     `json:"name"`
-	Provider    string     `json:"provider,omitempty"`
-	TokenURL    string     `json:"token_url"`
-	Grant       string     `json:"grant"`
-	ClientID    string     `json:"client_id,omitempty"`
-	Scopes      []string   `json:"scopes,omitempty"`
-	Share       bool       `json:"share"`
-	State       string     `json:"state"` // idle, valid, renewing, backoff or stopped
-	Expiry      *time.Time `json:"expiry,omitempty"`
-	RenewAt     *time.Time `json:"renew_at,omitempty"`
-	RetryAt     *time.Time `json:"retry_at,omitempty"`
-	LastSuccess *time.Time `json:"last_success,omitempty"`
-	LastError   string     `json:"last_error,omitempty"` // the provider's own reason, when it gave one
-	Requests    int64      `json:"token_requests"`
-	Failures    int64      `json:"token_failures"`
+	sourceInfo
+	cache.Status
 }
 
 // adminStatus describes p for the admin API.
 func (p *pooledSource) adminStatus() sourceStatus {
-	st := p.Status()
-	return sourceStatus{
-		Name:        st.Name,
-		Provider:    p.provider,
-		TokenURL:    displayURL(p.tokenURL),
-		Grant:       p.grant,
-		ClientID:    p.clientID,
-		Scopes:      p.scopes,
-		Share:       p.share,
-		State:       st.State,
-		Expiry:      st.Expiry,
-		RenewAt:     st.RenewAt,
-		RetryAt:     st.RetryAt,
-		LastSuccess: st.LastSuccess,
-		LastError:   st.LastError,
-		Requests:    st.Requests,
-		Failures:    st.Failures,
-	}
+	return sourceStatus{sourceInfo: p.info, Status: p.Status()}
 }
 
 // handleList answers GET /upstream_oauth/sources.
@@ -135,18 +107,6 @@ func (a *adminSources) handleSource(w http.ResponseWriter, r *http.Request) erro
 		return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("renewing %q: %v", name, err)}
 	}
 	return writeStatuses(w, http.StatusOK, named)
-}
-
-// sourcesNamed lists the live sources named name (names need not be unique:
-// handlers with different settings may share one).
-func sourcesNamed(name string) []*pooledSource {
-	var out []*pooledSource
-	for _, p := range liveSources() {
-		if p.Name() == name {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // writeStatuses writes the statuses of srcs as a JSON array, sorted by name

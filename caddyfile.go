@@ -62,7 +62,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		h.Provider = d.Val()
-		if _, ok := grants.Presets[h.Provider]; !ok && !hasPlaceholder(h.Provider) {
+		if _, ok := grants.LookupPreset(h.Provider); !ok && !hasPlaceholder(h.Provider) {
 			return d.Errf("unknown provider '%s' (known: %s)", h.Provider, strings.Join(grants.PresetNames(), ", "))
 		}
 	}
@@ -100,7 +100,7 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 	case "logout_url":
 		return oneArg(d, &h.LogoutURL)
 	case "grant":
-		return oneOf(d, sub, &h.Grant, grants.ClientCredentials, grants.Password)
+		return oneOf(d, sub, &h.Grant, grants.ParseGrant, grants.Grants)
 	case "client_id":
 		return oneArg(d, &h.ClientID)
 	case "client_secret":
@@ -110,9 +110,9 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 	case "password":
 		return oneArg(d, &h.Password)
 	case "client_auth":
-		return oneOf(d, sub, &h.ClientAuth, grants.AuthBasic, grants.AuthBody, grants.AuthNone)
+		return oneOf(d, sub, &h.ClientAuth, grants.ParseAuthMethod, grants.AuthMethodNames())
 	case "body":
-		return oneOf(d, sub, &h.Body, grants.BodyForm, grants.BodyJSON)
+		return oneOf(d, sub, &h.Body, grants.ParseBodyEncoding, grants.BodyEncodings)
 	case "audience":
 		return oneArg(d, &h.Audience)
 	case "scope":
@@ -263,19 +263,21 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	return nil
 }
 
-func oneOf(d *caddyfile.Dispenser, name string, dst *string, allowed ...string) error {
+// oneOf reads one argument into dst that parse accepts (or a placeholder,
+// checked at provision time); allowed names the accepted values for the
+// error.
+func oneOf[T ~string](d *caddyfile.Dispenser, name string, dst *string, parse func(string) (T, error), allowed []T) error {
 	if err := oneArg(d, dst); err != nil {
 		return err
 	}
-	for _, a := range allowed {
-		if *dst == a {
-			return nil
-		}
-	}
-	if hasPlaceholder(*dst) {
+	if _, err := parse(*dst); err == nil || hasPlaceholder(*dst) {
 		return nil
 	}
-	return d.Errf("%s: '%s' is not one of %s", name, *dst, strings.Join(allowed, ", "))
+	names := make([]string, len(allowed))
+	for i, a := range allowed {
+		names[i] = string(a)
+	}
+	return d.Errf("%s: '%s' is not one of %s", name, *dst, strings.Join(names, ", "))
 }
 
 func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {

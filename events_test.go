@@ -43,7 +43,7 @@ func (r *recorder) named(name string) []caddy.Event {
 }
 
 // testEventApp is a started events app of a config of its own, its events
-// going to a recorder, recorded as useEvents would for a handler. cancel
+// going to a recorder, recorded as bindConfig would for a handler. cancel
 // ends the config.
 func testEventApp(t *testing.T) (rec *recorder, cancel func()) {
 	t.Helper()
@@ -60,30 +60,30 @@ func testEventApp(t *testing.T) (rec *recorder, cancel func()) {
 	if err := app.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventApps.Lock()
-	eventApps.seq++
-	eventApps.byConfig[ctx.GetMetricsRegistry()] = &eventApp{app: app, ctx: ctx, seq: eventApps.seq}
-	eventApps.Unlock()
+	configs.Lock()
+	configs.seq++
+	configs.byRegistry[ctx.GetMetricsRegistry()] = &configResources{events: app, ctx: ctx, seq: configs.seq}
+	configs.Unlock()
 	return rec, cancel
 }
 
-// isolateEventApps empties the record of events apps for one test.
-func isolateEventApps(t *testing.T) {
-	eventApps.Lock()
-	saved := eventApps.byConfig
-	eventApps.byConfig = map[*prometheus.Registry]*eventApp{}
-	eventApps.Unlock()
+// isolateConfigs empties the record of configs for one test.
+func isolateConfigs(t *testing.T) {
+	configs.Lock()
+	saved := configs.byRegistry
+	configs.byRegistry = map[*prometheus.Registry]*configResources{}
+	configs.Unlock()
 	t.Cleanup(func() {
-		eventApps.Lock()
-		eventApps.byConfig = saved
-		eventApps.Unlock()
+		configs.Lock()
+		configs.byRegistry = saved
+		configs.Unlock()
 	})
 }
 
 // TestEventsFromSource: a source's token requests emit token_obtained and
 // token_failed, with the provider's reason and without token or secret.
 func TestEventsFromSource(t *testing.T) {
-	isolateEventApps(t)
+	isolateConfigs(t)
 	rec, _ := testEventApp(t)
 	f := &fakeFetcher{ttl: time.Hour}
 	src := uniq("events-src")
@@ -135,10 +135,10 @@ func TestEventsFromSource(t *testing.T) {
 // reload in progress), an event goes to one: the newest whose config is not
 // gone (the running one, in a real Caddy, before that).
 func TestEventsGoToOneConfig(t *testing.T) {
-	isolateEventApps(t)
+	isolateConfigs(t)
 	old, _ := testEventApp(t)
 	cur, cancelCur := testEventApp(t)
-	info := sourceInfo{name: "reload-src"}
+	info := sourceInfo{Name: "reload-src"}
 	tok := &grants.Token{AccessToken: "tok-LEAKCHECK", Lifetime: time.Minute, Expiry: time.Now().Add(time.Minute)}
 	emitResult(info, cache.Result{Source: "reload-src", Token: tok})
 	if len(old.named(eventTokenObtained)) != 0 || len(cur.named(eventTokenObtained)) != 1 {
@@ -151,27 +151,32 @@ func TestEventsGoToOneConfig(t *testing.T) {
 		t.Errorf("after the newest config ended: old config %d, newest %d; want 1, 0",
 			len(old.named(eventTokenFailed)), len(cur.named(eventTokenFailed)))
 	}
-	eventApps.Lock()
-	n := len(eventApps.byConfig)
-	eventApps.Unlock()
-	if n != 1 {
-		t.Errorf("events apps of ended configs kept: %d recorded, want 1", n)
+	configs.Lock()
+	var live int
+	for _, res := range configs.byRegistry {
+		if res.ctx.Err() == nil {
+			live++
+		}
+	}
+	configs.Unlock()
+	if live != 1 {
+		t.Errorf("configs that have not ended: %d recorded, want 1", live)
 	}
 }
 
-// TestUseEventsBareContext: a context with no config (as in benchmarks)
+// TestBindConfigBareContext: a context with no config (as in benchmarks)
 // has no events app; provisioning goes on without one.
-func TestUseEventsBareContext(t *testing.T) {
-	isolateEventApps(t)
+func TestBindConfigBareContext(t *testing.T) {
+	isolateConfigs(t)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	if err := useEvents(ctx); err != nil {
+	if err := bindConfig(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if e := currentEventApp(); e != nil {
+	if res := runningConfig(); res != nil && res.events != nil {
 		t.Errorf("an events app recorded for a bare context")
 	}
-	emitResult(sourceInfo{name: "x"}, cache.Result{Source: "x", Err: errors.New("boom")}) // no panic
+	emitResult(sourceInfo{Name: "x"}, cache.Result{Source: "x", Err: errors.New("boom")}) // no panic
 }
 
 func TestDisplayURL(t *testing.T) {

@@ -199,24 +199,12 @@ func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
 	latest := map[string]time.Time{}
 	for _, p := range liveSources() {
 		st := p.Status()
-		if st.Expiry != nil && st.Expiry.After(latest[st.Name]) {
-			latest[st.Name] = *st.Expiry
+		if st.Expiry != nil && st.Expiry.After(latest[p.info.Name]) {
+			latest[p.info.Name] = *st.Expiry
 		}
 	}
 	for name, exp := range latest {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
 			float64(exp.UnixNano())/1e9, name)
 	}
-}
-
-// liveSources lists the token sources of the process.
-func liveSources() []*pooledSource {
-	var out []*pooledSource
-	sources.Range(func(_, v any) bool {
-		if p, ok := v.(*pooledSource); ok {
-			out = append(out, p)
-		}
-		return true
-	})
-	return out
 }

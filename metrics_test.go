@@ -48,13 +48,10 @@ func testSource(t *testing.T, name string, f cache.Fetcher) (p *pooledSource, re
 	t.Helper()
 	s := settings{Name: name, Provider: "oneio", Grants: grants.Config{
 		TokenURL: "https://auth.example/oauth2/token?api_key=k-LEAKCHECK", Grant: grants.ClientCredentials,
-		ClientID: "client-1", ClientSecret: "secret-LEAKCHECK",
+		ClientID: "client-1", ClientSecret: "secret-LEAKCHECK", Scopes: []string{"read", "write"},
 	}}
-	p = &pooledSource{
-		provider: s.Provider, tokenURL: s.Grants.TokenURL, grant: s.Grants.Grant,
-		clientID: s.Grants.ClientID, scopes: []string{"read", "write"},
-	}
-	p.Source = cache.New(cache.Options{Name: name, Fetcher: f, OnResult: onResult(s)})
+	p = &pooledSource{info: describe(s)}
+	p.Source = cache.New(cache.Options{Name: name, Fetcher: f, OnResult: onResult(p.info)})
 	key := fmt.Sprintf("test/%s/%s/%p", t.Name(), name, p)
 	sources.LoadOrStore(key, p)
 	var once sync.Once

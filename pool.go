@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net/url"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -19,17 +20,37 @@ import (
 // handler to let go of a source stops it.
 var sources = caddy.NewUsagePool()
 
-// pooledSource is a token source with the settings it was made from, as
-// the admin API shows them (no secrets).
+// pooledSource is a token source with its description.
 type pooledSource struct {
 	*cache.Source
-	provider string
-	tokenURL string
-	grant    string
-	clientID string
-	scopes   []string
-	share    bool
-	shared   *cache.Shared // nil unless share
+	info   sourceInfo
+	shared *cache.Shared // nil unless share
+}
+
+// sourceInfo describes a token source to every view of it (the admin API,
+// events, metrics): computed once, when the source is made, and free of
+// secrets. TokenURL is as displayURL shows it.
+type sourceInfo struct {
+	Name     string           `json:"name"`
+	Provider string           `json:"provider,omitempty"`
+	TokenURL string           `json:"token_url"`
+	Grant    grants.GrantType `json:"grant"`
+	ClientID string           `json:"client_id,omitempty"`
+	Scopes   []string         `json:"scopes,omitempty"`
+	Share    bool             `json:"share"`
+}
+
+// describe is the sourceInfo of the source made from s.
+func describe(s settings) sourceInfo {
+	return sourceInfo{
+		Name:     s.Name,
+		Provider: s.Provider,
+		TokenURL: displayURL(s.Grants.TokenURL),
+		Grant:    s.Grants.Grant,
+		ClientID: s.Grants.ClientIdentity(),
+		Scopes:   s.Grants.Scopes,
+		Share:    s.Share,
+	}
 }
 
 // newPooledSource builds the token client and source for s.
@@ -42,30 +63,30 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 	if err != nil {
 		return nil, err
 	}
+	info := describe(s)
 	opts := cache.Options{
-		Name:            s.Name,
+		Name:            info.Name,
 		Fetcher:         client,
 		RefreshAhead:    s.RefreshAhead,
 		RefreshFraction: s.Fraction,
 		Timeout:         s.Timeout,
-		// The source outlives the config that made it: its logger must not
-		// be one that a config unload closes, so take Caddy's default.
-		Logger: caddy.Log().Named("http.handlers.upstream_oauth"),
+		// The source outlives the config that made it: it logs through
+		// the logger of whichever config is running.
+		Logger: runningLogger,
 	}
 	var shared *cache.Shared
 	if s.Share {
 		// Everything that shapes the token, secrets included, keys and
 		// encrypts the stored record.
-		material, err := json.Marshal(s.Grants)
+		material, err := json.Marshal(s.Grants) //nolint:gosec // G117: key material, never stored or shown
 		if err != nil {
 			return nil, err
 		}
 		if shared, err = cache.NewShared(material); err != nil {
 			return nil, fmt.Errorf("share: %v", err)
 		}
-		shared.SetStorage(ctx.Storage())
-		name := s.Name
-		shared.OnLookup = func(hit bool) { metricStorage(name, hit) }
+		shared.Storage = runningStorage
+		shared.OnLookup = func(hit bool) { metricStorage(info.Name, hit) }
 		opts.Shared = shared
 	}
 	if s.LogoutURL != "" {
@@ -74,25 +95,59 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 			return client.Logout(ctx, logoutURL, tok)
 		}
 	}
-	opts.OnResult = onResult(s) // metrics and events (events.go)
-	return &pooledSource{
-		Source:   cache.New(opts),
-		provider: s.Provider,
-		tokenURL: s.Grants.TokenURL,
-		grant:    s.Grants.Grant,
-		clientID: s.Grants.ClientIdentity(),
-		scopes:   s.Grants.Scopes,
-		share:    s.Share,
-		shared:   shared,
-	}, nil
+	opts.OnResult = onResult(info) // metrics and events (events.go)
+	return &pooledSource{Source: cache.New(opts), info: info, shared: shared}, nil
 }
 
 // Destruct stops the source once no handler uses it; a token that is not
 // shared with other instances is logged out (when a logout_url is set).
 func (p *pooledSource) Destruct() error {
-	p.Stop(!p.share)
-	forgetSourceMetrics(p.Name())
+	p.Stop(!p.info.Share)
+	forgetSourceMetrics(p.info.Name)
 	return nil
+}
+
+// liveSources lists the token sources of the process.
+func liveSources() []*pooledSource {
+	var out []*pooledSource
+	sources.Range(func(_, v any) bool {
+		if p, ok := v.(*pooledSource); ok {
+			out = append(out, p)
+		}
+		return true
+	})
+	return out
+}
+
+// sourcesNamed lists the live sources named name (names need not be unique:
+// handlers with different settings may share one).
+func sourcesNamed(name string) []*pooledSource {
+	var out []*pooledSource
+	for _, p := range liveSources() {
+		if p.info.Name == name {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// displayURL is u as the admin API and events show it: query values
+// (which may carry a key) redacted, no fragment. The token URL never has
+// user info: config validation refuses it.
+func displayURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	parsed.User, parsed.Fragment, parsed.RawFragment = nil, "", ""
+	if parsed.RawQuery != "" {
+		q := parsed.Query()
+		for k := range q {
+			q[k] = []string{"REDACTED"}
+		}
+		parsed.RawQuery = q.Encode()
+	}
+	return parsed.String()
 }
 
 // clientTLS turns the tls block into a client TLS config with Caddy's own

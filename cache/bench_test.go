@@ -7,21 +7,20 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/oauth2"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
 )
 
-// Benchmarks of the token read path and of how a process's cost grows with
-// its number of sources. bench/gobench.sh runs them; BENCHMARKS.md has the
-// numbers.
+// Benchmarks of how a process's cost grows with its number of sources
+// (the token read against x/oauth2 is in integration/bench, so that this
+// module needs no x/oauth2). integration/bench/gobench.sh runs them;
+// BENCHMARKS.md has the numbers.
 //
 //	go test -run=NONE -bench=. -benchmem ./cache/
 
@@ -47,93 +46,11 @@ func (f *benchFetcher) Refresh(ctx context.Context, _ string) (*grants.Token, er
 	return f.Token(ctx)
 }
 
-// oauth2Source is the oauth2.TokenSource that ReuseTokenSource wraps: it
-// answers with the same kind of token.
-type oauth2Source struct{ lifetime time.Duration }
-
-func (s oauth2Source) Token() (*oauth2.Token, error) {
-	return &oauth2.Token{
-		AccessToken: strings.Repeat("t", benchTokenLen),
-		TokenType:   "Bearer",
-		Expiry:      time.Now().Add(s.lifetime),
-	}, nil
-}
-
 // benchLogger is a production JSON logger that writes nowhere: the sources
 // pay for their own With(source) fields as they do in Caddy.
 func benchLogger() *zap.Logger {
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zapcore.InfoLevel))
-}
-
-// warmSource returns a source that holds a token living an hour.
-func warmSource(b *testing.B) *Source {
-	b.Helper()
-	s := New(Options{Name: "bench", Fetcher: &benchFetcher{lifetime: time.Hour}})
-	b.Cleanup(func() { s.Stop(false) })
-	if _, err := s.Get(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	return s
-}
-
-// BenchmarkTokenRead reads a held token: Source.Get against
-// golang.org/x/oauth2's ReuseTokenSource (the usual Go way to cache a
-// token), in one goroutine and under b.RunParallel.
-func BenchmarkTokenRead(b *testing.B) {
-	ctx := context.Background()
-	reads := []struct {
-		name string
-		read func(b *testing.B) func() (string, error)
-	}{
-		{"Source.Get", func(b *testing.B) func() (string, error) {
-			s := warmSource(b)
-			return func() (string, error) {
-				tok, err := s.Get(ctx)
-				if err != nil {
-					return "", err
-				}
-				return tok.AccessToken, nil
-			}
-		}},
-		{"oauth2.ReuseTokenSource", func(b *testing.B) func() (string, error) {
-			ts := oauth2.ReuseTokenSource(nil, oauth2Source{lifetime: time.Hour})
-			if _, err := ts.Token(); err != nil {
-				b.Fatal(err)
-			}
-			return func() (string, error) {
-				tok, err := ts.Token()
-				if err != nil {
-					return "", err
-				}
-				return tok.AccessToken, nil
-			}
-		}},
-	}
-	for _, mode := range []string{"serial", "parallel"} {
-		for _, rd := range reads {
-			b.Run(mode+"/"+rd.name, func(b *testing.B) {
-				read := rd.read(b)
-				b.ReportAllocs()
-				if mode == "serial" {
-					for b.Loop() {
-						if tok, err := read(); err != nil || len(tok) != benchTokenLen {
-							b.Fatal("no token", err)
-						}
-					}
-					return
-				}
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						if tok, err := read(); err != nil || len(tok) != benchTokenLen {
-							b.Error("no token", err)
-							return
-						}
-					}
-				})
-			})
-		}
-	}
 }
 
 // settle runs the garbage collector until the heap stops shrinking and

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io/fs"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -37,8 +36,10 @@ type Shared struct {
 	lock string // lock name
 	aead cipher.AEAD
 
-	storage atomic.Pointer[storageRef]
-
+	// Storage returns the storage to use now, nil when there is none: a
+	// source outlives configs, and a config's storage may be closed once
+	// the config is unloaded, so the caller resolves it on each use.
+	Storage func() certmagic.Storage
 	// LockWait bounds the wait for the lock: long enough for a lock held by
 	// an instance that died to go stale (file_system: 10s; Redis: 5s).
 	LockWait time.Duration
@@ -48,8 +49,6 @@ type Shared struct {
 	mu       sync.Mutex
 	degraded bool // storage failed last time: fetching on our own
 }
-
-type storageRef struct{ certmagic.Storage }
 
 // NewShared derives the record's key, name and cipher from material, which
 // must hold every setting that shapes the token, secrets included.
@@ -85,18 +84,11 @@ func NewShared(material []byte) (*Shared, error) {
 // Key is the storage key of the record.
 func (sh *Shared) Key() string { return sh.key }
 
-// SetStorage points the source at the storage of the config now running:
-// a source outlives configs, and an old config's storage may be closed when
-// the config is unloaded.
-func (sh *Shared) SetStorage(st certmagic.Storage) {
-	sh.storage.Store(&storageRef{st})
-}
-
 func (sh *Shared) current() certmagic.Storage {
-	if r := sh.storage.Load(); r != nil {
-		return r.Storage
+	if sh.Storage == nil {
+		return nil
 	}
-	return nil
+	return sh.Storage()
 }
 
 // record is the stored (then encrypted) form of a token.
@@ -113,7 +105,7 @@ type record struct {
 // seal encrypts tok: version byte, nonce, ciphertext; the storage key is
 // authenticated too, so a record cannot be moved under another key.
 func (sh *Shared) seal(tok *grants.Token) ([]byte, error) {
-	plain, err := json.Marshal(record{
+	plain, err := json.Marshal(record{ //nolint:gosec // G117: the token is what is stored, and it is encrypted below
 		AccessToken: tok.AccessToken, TokenType: tok.TokenType, RefreshToken: tok.RefreshToken,
 		Scope: tok.Scope, Lifetime: tok.Lifetime, Obtained: tok.Obtained, Expiry: tok.Expiry,
 	})
@@ -125,7 +117,7 @@ func (sh *Shared) seal(tok *grants.Token) ([]byte, error) {
 	if _, err := rand.Read(out[1:]); err != nil {
 		return nil, err
 	}
-	return sh.aead.Seal(out, out[1:], plain, []byte(sh.key)), nil
+	return sh.aead.Seal(out, out[1:], plain, []byte(sh.key)), nil //nolint:gosec // G407: the nonce is random (rand.Read above)
 }
 
 // errUnreadable marks a record that does not decrypt or parse: it is

@@ -40,7 +40,7 @@ func newShared(t *testing.T, material string, st certmagic.Storage) *Shared {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh.SetStorage(st)
+	sh.Storage = func() certmagic.Storage { return st }
 	return sh
 }
 
@@ -163,7 +163,7 @@ func TestSharedStorageDownFallsBack(t *testing.T) {
 		t.Error("the outage was not noted")
 	}
 	st := &certmagic.FileStorage{Path: t.TempDir()}
-	sh.SetStorage(st)
+	sh.Storage = func() certmagic.Storage { return st }
 	if !s.Retire(tok) {
 		t.Fatal("retire")
 	}

@@ -8,7 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	weakrand "math/rand/v2" // jitter, not secrets
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,13 +103,19 @@ type flight struct {
 	err  error
 }
 
+// Defaults of Options.
+const (
+	DefaultRefreshFraction = 0.2
+	DefaultTimeout         = 10 * time.Second
+)
+
 // New returns a Source that obtains its first token when first asked.
 func New(opts Options) *Source {
 	if opts.RefreshFraction <= 0 || opts.RefreshFraction >= 1 {
-		opts.RefreshFraction = 0.2
+		opts.RefreshFraction = DefaultRefreshFraction
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 10 * time.Second
+		opts.Timeout = DefaultTimeout
 	}
 	if opts.BackoffBase <= 0 {
 		opts.BackoffBase = time.Second
@@ -369,7 +375,7 @@ func (s *Source) isStopped() bool {
 // a little jitter (up to 5% of the lifetime) so that sources created
 // together do not renew together.
 func (s *Source) renewAt(tok *grants.Token) time.Time {
-	jitter := time.Duration(rand.Int64N(int64(tok.Lifetime/20) + 1))
+	jitter := time.Duration(weakrand.Int64N(int64(tok.Lifetime/20) + 1))
 	return tok.Expiry.Add(-s.ahead(tok) - jitter)
 }
 
@@ -397,7 +403,7 @@ func (s *Source) backoff(n int, err error) time.Duration {
 		ceiling *= 2
 	}
 	ceiling = min(ceiling, max(s.opts.BackoffMax, base))
-	return base + time.Duration(rand.Int64N(int64(ceiling-base)+1))
+	return base + time.Duration(weakrand.Int64N(int64(ceiling-base)+1))
 }
 
 // scheduleLocked sets the one timer of the source to fire after d.
@@ -469,11 +475,7 @@ func (s *Source) logoutLocked(tok *grants.Token) {
 	if s.stopped || s.opts.Logout == nil || tok == nil || !time.Now().Before(tok.Expiry) {
 		return
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.logoutNow(tok)
-	}()
+	s.wg.Go(func() { s.logoutNow(tok) })
 }
 
 func (s *Source) logoutNow(tok *grants.Token) {
@@ -514,10 +516,9 @@ func (s *Source) Stop(logout bool) {
 	}
 }
 
-// Status describes a source for the admin API. It holds no secret.
+// Status is the state of a source, for the admin API. It holds no secret.
 type Status struct {
-	Name        string     `json:"name"`
-	State       string     `json:"state"`
+	State       string     `json:"state"` // idle, valid, renewing, backoff or stopped
 	Expiry      *time.Time `json:"expiry,omitempty"`
 	RenewAt     *time.Time `json:"renew_at,omitempty"`
 	RetryAt     *time.Time `json:"retry_at,omitempty"`
@@ -532,7 +533,7 @@ type Status struct {
 func (s *Source) Status() Status {
 	st := s.snap.Load()
 	now := time.Now()
-	out := Status{Name: s.opts.Name, Requests: s.requests.Load(), Failures: s.failures.Load()}
+	out := Status{Requests: s.requests.Load(), Failures: s.failures.Load()}
 	valid := st.tok != nil && now.Before(st.tok.Expiry)
 	switch {
 	case s.isStopped():

@@ -696,7 +696,7 @@ func TestStatus(t *testing.T) {
 	s := newSource(t, Options{Name: "status", Fetcher: f, BackoffBase: time.Minute})
 
 	st := s.Status()
-	if st.Name != "status" || st.State != "idle" || st.Expiry != nil || st.LastSuccess != nil || st.LastError != "" {
+	if s.Name() != "status" || st.State != "idle" || st.Expiry != nil || st.LastSuccess != nil || st.LastError != "" {
 		t.Fatalf("new source: %+v", st)
 	}
 

@@ -8,6 +8,7 @@ package grants
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -15,37 +16,120 @@ import (
 	"time"
 )
 
+// GrantType is the grant a token request uses.
+type GrantType string
+
 // Grant types.
 const (
-	ClientCredentials = "client_credentials"
-	Password          = "password"
-	RefreshToken      = "refresh_token"
+	ClientCredentials GrantType = "client_credentials"
+	Password          GrantType = "password"
+	RefreshToken      GrantType = "refresh_token"
 )
+
+// AuthMethod is how the client authenticates to the token endpoint.
+type AuthMethod string
 
 // Client authentication methods.
 const (
-	AuthBasic = "basic"
-	AuthBody  = "body"
-	AuthNone  = "none"
+	AuthBasic AuthMethod = "basic" // HTTP Basic header (client_secret_basic)
+	AuthBody  AuthMethod = "body"  // client_id and client_secret body fields (client_secret_post)
+	AuthNone  AuthMethod = "none"  // client_id in the body, no secret
 )
+
+// BodyEncoding is the encoding of a token request's body.
+type BodyEncoding string
 
 // Body encodings.
 const (
-	BodyForm = "form"
-	BodyJSON = "json"
+	BodyForm BodyEncoding = "form"
+	BodyJSON BodyEncoding = "json"
 )
+
+// Grants, AuthMethods and BodyEncodings list the values a config may name,
+// in the order error messages give them.
+var (
+	Grants        = []GrantType{ClientCredentials, Password}
+	AuthMethods   = []AuthMethod{AuthBasic, AuthBody, AuthNone}
+	BodyEncodings = []BodyEncoding{BodyForm, BodyJSON}
+)
+
+// authAliases are the RFC 7591 names of the methods that have a short one.
+var authAliases = map[string]AuthMethod{
+	"client_secret_basic": AuthBasic,
+	"client_secret_post":  AuthBody,
+}
+
+// AuthMethodNames lists every name ParseAuthMethod accepts: the short
+// ones, then the RFC 7591 names.
+func AuthMethodNames() []AuthMethod {
+	names := slices.Clone(AuthMethods)
+	for _, alias := range slices.Sorted(maps.Keys(authAliases)) {
+		names = append(names, AuthMethod(alias))
+	}
+	return names
+}
+
+// ParseGrant reads a grant's name.
+func ParseGrant(s string) (GrantType, error) {
+	for _, g := range Grants {
+		if s == string(g) {
+			return g, nil
+		}
+	}
+	return "", fmt.Errorf("unknown grant %q (want %s)", s, oneOf(Grants))
+}
+
+// ParseAuthMethod reads a client authentication method's name, short or
+// as RFC 7591 names it (client_secret_basic, client_secret_post).
+func ParseAuthMethod(s string) (AuthMethod, error) {
+	if m, ok := authAliases[s]; ok {
+		return m, nil
+	}
+	for _, m := range AuthMethods {
+		if s == string(m) {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("unknown client_auth %q (want %s)", s, oneOf(AuthMethods))
+}
+
+// ParseBodyEncoding reads a body encoding's name.
+func ParseBodyEncoding(s string) (BodyEncoding, error) {
+	for _, b := range BodyEncodings {
+		if s == string(b) {
+			return b, nil
+		}
+	}
+	return "", fmt.Errorf("unknown body %q (want %s)", s, oneOf(BodyEncodings))
+}
+
+// oneOf lists values as "a, b or c".
+func oneOf[T ~string](values []T) string {
+	var b strings.Builder
+	for i, v := range values {
+		switch {
+		case i == 0:
+		case i == len(values)-1:
+			b.WriteString(" or ")
+		default:
+			b.WriteString(", ")
+		}
+		b.WriteString(string(v))
+	}
+	return b.String()
+}
 
 // Config says how to ask one token endpoint for a token. All values are final:
 // placeholders have been expanded and presets applied by the caller.
 type Config struct {
 	TokenURL     string
-	Grant        string
+	Grant        GrantType
 	ClientID     string
 	ClientSecret string
 	Username     string
 	Password     string
-	ClientAuth   string
-	Body         string
+	ClientAuth   AuthMethod
+	Body         BodyEncoding
 	Scopes       []string
 	Audience     string
 	Params       map[string]string
@@ -86,6 +170,12 @@ func (c Config) Validate() error {
 	if err := CheckURL("token_url", c.TokenURL, c.AllowHTTP); err != nil {
 		return err
 	}
+	if c.Grant == "" {
+		return fmt.Errorf("grant is required (%s)", oneOf(Grants))
+	}
+	if _, err := ParseGrant(string(c.Grant)); err != nil {
+		return err
+	}
 	switch c.Grant {
 	case ClientCredentials:
 		id, secret := c.clientCredentials()
@@ -102,16 +192,13 @@ func (c Config) Validate() error {
 		if c.ClientAuth != AuthNone && (c.ClientID == "" || c.ClientSecret == "") {
 			return fmt.Errorf("grant password with client_auth %s needs client_id and client_secret", c.ClientAuth)
 		}
-	case "":
-		return fmt.Errorf("grant is required (client_credentials or password)")
-	default:
-		return fmt.Errorf("unknown grant %q (want client_credentials or password)", c.Grant)
+	case RefreshToken: // renewals only: ParseGrant refused it
 	}
-	if !slices.Contains([]string{AuthBasic, AuthBody, AuthNone}, c.ClientAuth) {
-		return fmt.Errorf("unknown client_auth %q (want basic, body or none)", c.ClientAuth)
+	if _, err := ParseAuthMethod(string(c.ClientAuth)); err != nil {
+		return err
 	}
-	if !slices.Contains([]string{BodyForm, BodyJSON}, c.Body) {
-		return fmt.Errorf("unknown body %q (want form or json)", c.Body)
+	if _, err := ParseBodyEncoding(string(c.Body)); err != nil {
+		return err
 	}
 	for name := range c.Params {
 		if reservedParams[name] {
@@ -141,8 +228,7 @@ func CheckURL(what, raw string, allowHTTP bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// A *url.Error quotes the whole URL, userinfo and all: keep the cause.
-		var ue *url.Error
-		if errors.As(err, &ue) {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = ue.Err
 		}
 		return fmt.Errorf("%s: malformed URL: %v", what, err)
@@ -159,7 +245,7 @@ func CheckURL(what, raw string, allowHTTP bool) error {
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !allowHTTP && !IsLoopback(u.Hostname()) {
+		if !allowHTTP && !isLoopback(u.Hostname()) {
 			return fmt.Errorf("%s: http:// is only allowed for a loopback host; use https:// or set allow_http", what)
 		}
 	default:
@@ -168,9 +254,9 @@ func CheckURL(what, raw string, allowHTTP bool) error {
 	return nil
 }
 
-// IsLoopback reports whether host names this machine: localhost or a loopback
-// address.
-func IsLoopback(host string) bool {
+// isLoopback reports whether host names this machine: localhost or a
+// loopback address.
+func isLoopback(host string) bool {
 	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
 		return true
 	}
@@ -181,14 +267,16 @@ func IsLoopback(host string) bool {
 // Preset holds the settings a provider's name fills in.
 type Preset struct {
 	TokenURL   string
-	Grant      string
-	ClientAuth string
-	Body       string
+	Grant      GrantType
+	ClientAuth AuthMethod
+	Body       BodyEncoding
 	LogoutURL  string
 }
 
-// Presets are the providers this module knows by name.
-var Presets = map[string]Preset{
+// presets are the providers this module knows by name.
+//
+//nolint:gosec // G101: token endpoint URLs, not credentials
+var presets = map[string]Preset{
 	"1nce": {
 		TokenURL:   "https://api.1nce.com/management-api/oauth/token",
 		Grant:      ClientCredentials,
@@ -216,12 +304,13 @@ var Presets = map[string]Preset{
 	},
 }
 
+// LookupPreset returns the settings of the provider named name.
+func LookupPreset(name string) (Preset, bool) {
+	p, ok := presets[name]
+	return p, ok
+}
+
 // PresetNames lists the presets, sorted, for error messages.
 func PresetNames() []string {
-	names := make([]string, 0, len(Presets))
-	for n := range Presets {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(presets))
 }

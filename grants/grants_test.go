@@ -1,7 +1,10 @@
 package grants
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -176,7 +179,7 @@ func TestCheckURL(t *testing.T) {
 	}
 }
 
-func TestIsLoopback(t *testing.T) {
+func TestLoopback(t *testing.T) {
 	tests := map[string]bool{
 		"localhost":          true,
 		"LOCALHOST":          true,
@@ -196,8 +199,8 @@ func TestIsLoopback(t *testing.T) {
 		"[::1]":              false,
 	}
 	for host, want := range tests {
-		if got := IsLoopback(host); got != want {
-			t.Errorf("IsLoopback(%q) = %v, want %v", host, got, want)
+		if got := isLoopback(host); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", host, got, want)
 		}
 	}
 }
@@ -211,11 +214,11 @@ func TestPresets(t *testing.T) {
 		"oneio_test": {"https://receiver-authz-test.service-flow.com/oauth2/token", ClientCredentials, AuthBody, BodyForm, ""},
 		"telenor":    {"https://api.telenor.no/oauth/v2/token", Password, AuthBasic, BodyForm, "https://api.telenor.no/oauth/v2/logout"},
 	}
-	if len(Presets) != len(want) {
-		t.Errorf("Presets has %d entries, want %d", len(Presets), len(want))
+	if len(presets) != len(want) {
+		t.Errorf("presets has %d entries, want %d", len(presets), len(want))
 	}
 	for name, w := range want {
-		p, ok := Presets[name]
+		p, ok := presets[name]
 		if !ok {
 			t.Errorf("preset %q missing", name)
 			continue
@@ -245,7 +248,7 @@ func TestPresets(t *testing.T) {
 // presetConfig is the config a preset gives, with the credentials its
 // provider uses, pointed at tokenURL.
 func presetConfig(name, tokenURL string) Config {
-	p := Presets[name]
+	p := presets[name]
 	c := Config{
 		TokenURL:   tokenURL,
 		Grant:      p.Grant,
@@ -270,7 +273,7 @@ func presetConfig(name, tokenURL string) Config {
 // presetPath is the path of a preset's token URL.
 func presetPath(t *testing.T, name string) string {
 	t.Helper()
-	u, err := url.Parse(Presets[name].TokenURL)
+	u, err := url.Parse(presets[name].TokenURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,6 +287,26 @@ func TestNewClientValidates(t *testing.T) {
 		t.Fatal("NewClient accepted an invalid config")
 	} else {
 		assertNoSecret(t, err.Error())
+	}
+}
+
+// TestNewClientNilHTTPClient: a nil *http.Client takes the default
+// transport (it panicked before); the client still talks to the endpoint.
+func TestNewClientNilHTTPClient(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"nil-client-token","token_type":"bearer","expires_in":60}`)
+	}))
+	defer srv.Close()
+	c := validConfig()
+	c.TokenURL = srv.URL + "/token"
+	cl, err := NewClient(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := cl.Token(context.Background())
+	if err != nil || tok.AccessToken != "nil-client-token" {
+		t.Fatalf("Token with a nil http.Client: %v, %v", tok, err)
 	}
 }
 

@@ -25,14 +25,21 @@ type Client struct {
 	hc  *http.Client
 }
 
+// DefaultTokenType is the token_type a response must carry, when it carries
+// one, unless Config.TokenType names another.
+const DefaultTokenType = "bearer"
+
 // NewClient returns a client for cfg that sends its requests through hc
-// (see NewHTTPClient). cfg must be valid.
+// (see NewHTTPClient; nil takes NewHTTPClient(nil)). cfg must be valid.
 func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.TokenType == "" {
-		cfg.TokenType = "bearer"
+		cfg.TokenType = DefaultTokenType
+	}
+	if hc == nil {
+		hc = NewHTTPClient(nil)
 	}
 	return &Client{cfg: cfg, hc: hc}, nil
 }
@@ -78,8 +85,7 @@ func (c *Client) Token(ctx context.Context) (*Token, error) {
 
 // Refresh requests a new token with the refresh_token grant.
 func (c *Client) Refresh(ctx context.Context, refreshToken string) (*Token, error) {
-	fields := [][2]string{{"grant_type", RefreshToken}, {"refresh_token", refreshToken}}
-	fields = append(fields, c.clientBodyFields()...)
+	fields := append([][2]string{{"grant_type", string(RefreshToken)}, {"refresh_token", refreshToken}}, c.clientBodyFields()...)
 	return c.do(ctx, fields)
 }
 
@@ -107,7 +113,7 @@ func (c *Client) Logout(ctx context.Context, logoutURL string, tok *Token) error
 // grantFields lists the body fields of a request with the configured grant,
 // in the order they are sent.
 func (c *Client) grantFields() [][2]string {
-	fields := [][2]string{{"grant_type", c.cfg.Grant}}
+	fields := [][2]string{{"grant_type", string(c.cfg.Grant)}}
 	if c.cfg.Grant == Password {
 		fields = append(fields, [2]string{"username", c.cfg.Username}, [2]string{"password", c.cfg.Password})
 	}
@@ -129,6 +135,7 @@ func (c *Client) grantFields() [][2]string {
 func (c *Client) clientBodyFields() [][2]string {
 	id, secret := c.cfg.clientCredentials()
 	switch c.cfg.ClientAuth {
+	case AuthBasic: // in the Authorization header (newRequest)
 	case AuthBody:
 		return [][2]string{{"client_id", id}, {"client_secret", secret}}
 	case AuthNone:
@@ -139,9 +146,9 @@ func (c *Client) clientBodyFields() [][2]string {
 	return nil
 }
 
-// NewRequest builds the token request that carries fields, without sending
-// it. It is exported for tests that check the wire format.
-func (c *Client) NewRequest(ctx context.Context, fields [][2]string) (*http.Request, error) {
+// newRequest builds the token request that carries fields, without sending
+// it.
+func (c *Client) newRequest(ctx context.Context, fields [][2]string) (*http.Request, error) {
 	var body []byte
 	var contentType string
 	switch c.cfg.Body {
@@ -155,7 +162,7 @@ func (c *Client) NewRequest(ctx context.Context, fields [][2]string) (*http.Requ
 			return nil, err
 		}
 		contentType = "application/json"
-	default:
+	case BodyForm:
 		form := make([]string, 0, len(fields))
 		for _, f := range fields {
 			form = append(form, url.QueryEscape(f[0])+"="+url.QueryEscape(f[1]))
@@ -179,13 +186,8 @@ func (c *Client) NewRequest(ctx context.Context, fields [][2]string) (*http.Requ
 	return req, nil
 }
 
-// GrantRequest builds the request of the configured grant (for tests).
-func (c *Client) GrantRequest(ctx context.Context) (*http.Request, error) {
-	return c.NewRequest(ctx, c.grantFields())
-}
-
 func (c *Client) do(ctx context.Context, fields [][2]string) (*Token, error) {
-	req, err := c.NewRequest(ctx, fields)
+	req, err := c.newRequest(ctx, fields)
 	if err != nil {
 		return nil, err
 	}
@@ -221,8 +223,7 @@ func (e *TransportError) Unwrap() error { return e.Err }
 // scrubURLError drops the URL from a *url.Error: query strings may carry
 // values that are not for logs. The operation and cause stay.
 func scrubURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
 		return fmt.Errorf("%s: %w", strings.ToLower(ue.Op), ue.Err)
 	}
 	return err

@@ -294,7 +294,7 @@ func TestRequestShapePresets(t *testing.T) {
 
 // TestRequestOptions covers the settings beyond the presets.
 func TestRequestOptions(t *testing.T) {
-	base := func(grant, auth, body string) Config {
+	base := func(grant GrantType, auth AuthMethod, body BodyEncoding) Config {
 		return Config{Grant: grant, ClientID: "cid", ClientSecret: secretClient, Username: "owner", Password: secretPassword, ClientAuth: auth, Body: body}
 	}
 	tests := []struct {
@@ -445,7 +445,7 @@ func TestRequestOptions(t *testing.T) {
 			}
 			r := capture(t, cfg, "/oauth/token", grantCall)
 			assertCommon(t, r, "/oauth/token")
-			wantCT := map[string]string{BodyForm: "application/x-www-form-urlencoded", BodyJSON: "application/json"}[cfg.Body]
+			wantCT := map[BodyEncoding]string{BodyForm: "application/x-www-form-urlencoded", BodyJSON: "application/json"}[cfg.Body]
 			if ct := r.Header.Get("Content-Type"); ct != wantCT {
 				t.Errorf("Content-Type = %q, want %q", ct, wantCT)
 			}
@@ -476,9 +476,9 @@ func TestRequestOptions(t *testing.T) {
 // TestRefreshRequest checks the refresh_token grant's fields under each client
 // authentication and body encoding.
 func TestRefreshRequest(t *testing.T) {
-	for _, auth := range []string{AuthBasic, AuthBody, AuthNone} {
-		for _, body := range []string{BodyForm, BodyJSON} {
-			t.Run(auth+"/"+body, func(t *testing.T) {
+	for _, auth := range []AuthMethod{AuthBasic, AuthBody, AuthNone} {
+		for _, body := range []BodyEncoding{BodyForm, BodyJSON} {
+			t.Run(string(auth)+"/"+string(body), func(t *testing.T) {
 				cfg := presetConfig("telenor", "")
 				cfg.ClientAuth, cfg.Body = auth, body
 				cfg.Scopes = []string{"ignored-on-refresh"}
@@ -507,14 +507,14 @@ func TestRefreshRequest(t *testing.T) {
 	}
 }
 
-// TestGrantRequestWithoutServer checks the exported request builder on its own.
+// TestGrantRequestWithoutServer checks the request builder on its own.
 func TestGrantRequestWithoutServer(t *testing.T) {
-	c := newClient(t, presetConfig("1nce", Presets["1nce"].TokenURL))
-	req, err := c.GrantRequest(context.Background())
+	c := newClient(t, presetConfig("1nce", presets["1nce"].TokenURL))
+	req, err := c.newRequest(context.Background(), c.grantFields())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if req.Method != http.MethodPost || req.URL.String() != Presets["1nce"].TokenURL {
+	if req.Method != http.MethodPost || req.URL.String() != presets["1nce"].TokenURL {
 		t.Errorf("request = %s %s", req.Method, req.URL)
 	}
 	body, _ := io.ReadAll(req.Body)

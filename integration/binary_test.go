@@ -24,7 +24,8 @@ var (
 
 // caddyBinary returns the path of a Caddy built by xcaddy with this module
 // and the Redis storage module (for the fleet tests): $CADDY_BIN when set (.ci/run builds it once), else one built now
-// with `go tool xcaddy build` from the module root.
+// with `go tool xcaddy build` in this module (which holds the xcaddy tool, so
+// that the plugin's own go.mod does not).
 func caddyBinary(t *testing.T) string {
 	t.Helper()
 	caddyBinOnce.Do(func() {
@@ -40,9 +41,8 @@ func caddyBinary(t *testing.T) string {
 		caddyBinPath = filepath.Join(dir, "caddy")
 		cmd := exec.Command("go", "tool", "xcaddy", "build", "v2.11.9",
 			"--output", caddyBinPath,
-			"--with", "github.com/caddy-upstream-oauth/upstream_oauth@v0.0.0-00010101000000-000000000000=.",
+			"--with", "github.com/caddy-upstream-oauth/upstream_oauth@v0.0.0-00010101000000-000000000000=..",
 			"--with", "github.com/pberkel/caddy-storage-redis@v1.8.1")
-		cmd.Dir = ".."
 		if out, err := cmd.CombinedOutput(); err != nil {
 			caddyBinErr = fmt.Errorf("xcaddy build: %v\n%s", err, out)
 		}

@@ -128,6 +128,6 @@ func (b *Backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	b.rejected.Add(1)
-	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
 	http.Error(w, "invalid token", http.StatusUnauthorized)
 }

@@ -39,6 +39,8 @@ const (
 )
 
 // Endpoint paths, as the providers serve them.
+//
+//nolint:gosec // G101: paths, not credentials
 const (
 	OneNCETokenPath   = "/management-api/oauth/token"
 	ONEiOTokenPath    = "/oauth2/token"
@@ -383,9 +385,9 @@ func (p *Provider) flavor() flavor {
 		return oneNCEFlavor
 	case ONEiO:
 		return oneioFlavor
-	default:
-		return telenorFlavor
+	case Telenor:
 	}
+	return telenorFlavor
 }
 
 func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
@@ -424,6 +426,7 @@ func (p *Provider) grant(c *check, req tokenRequest) response {
 			c.violation(invalid, "refresh_token was already used (refresh tokens rotate)")
 		case redeemRevoked, redeemExpired:
 			c.reject(invalid)
+		case redeemOK:
 		}
 		if c.resp != nil {
 			return c.resp
@@ -462,6 +465,7 @@ func (p *Provider) await(ctx context.Context) (Mode, bool) {
 			case <-t.C:
 				return Up, true
 			}
+		case Up, Down, Garbage, RejectCredentials:
 		}
 		return m, true
 	}

@@ -10,7 +10,7 @@
 # Tunables (environment): ROUNDS=5 BENCHTIME=1s GROWTH=1 (0 skips growth).
 # Takes about 2 minutes with the defaults.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.." # the repository root
 [ -d /usr/local/go/bin ] && export PATH="/usr/local/go/bin:$PATH"
 ROUNDS=${ROUNDS:-5}
 BENCHTIME=${BENCHTIME:-1s}
@@ -21,14 +21,14 @@ trap 'rm -rf "$WORK"' EXIT
 
 go test -c -o "$WORK/root.test" .
 go test -c -o "$WORK/cache.test" ./cache
-go test -c -o "$WORK/integration.test" ./integration
+(cd integration && go test -c -o "$WORK/integration.test" . && go test -c -o "$WORK/bench.test" ./bench)
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(go version | cut -d' ' -f3-)"
 echo "rounds: $ROUNDS, -benchtime=$BENCHTIME"
 for r in $(seq "$ROUNDS"); do
 	{
 		"$WORK/root.test" -test.run=NONE -test.bench='^BenchmarkRequestPath' -test.benchmem -test.benchtime="$BENCHTIME"
-		(cd cache && "$WORK/cache.test" -test.run=NONE -test.bench='^BenchmarkTokenRead$' -test.benchmem -test.benchtime="$BENCHTIME")
+		(cd integration/bench && "$WORK/bench.test" -test.run=NONE -test.bench='^BenchmarkTokenRead$' -test.benchmem -test.benchtime="$BENCHTIME")
 	} 2>&1 | grep '^Benchmark' | sed "s/^/$r /" >>"$WORK/rounds.txt"
 	echo "round $r done"
 done

@@ -70,7 +70,7 @@ func main() {
 	slices.Sort(lat)
 	slices.SortFunc(sent, func(a, b time.Time) int { return a.Compare(b) })
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p/100*float64(len(lat))))] }
-	var st []string
+	st := make([]string, 0, len(statuses))
 	codes := make([]int, 0, len(statuses))
 	for c := range statuses {
 		codes = append(codes, c)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load test of upstream_oauth in a real Caddy, on loopback, against provider
-# emulators and a backend (bench/emulators). One invocation measures, and
+# emulators and a backend (integration/bench/emulators). One invocation measures, and
 # prints as ratios:
 #
 #   1. throughput and latency through upstream_oauth + reverse_proxy against
@@ -17,7 +17,7 @@
 # COLD_RUNS=3 COLD_N=1000 RENEW_RUNS=2 RENEW_SECONDS=10. Takes about 3
 # minutes with the defaults, plus the build.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." # the integration module
 [ -d /usr/local/go/bin ] && export PATH="/usr/local/go/bin:$PATH"
 
 PAIRS=${PAIRS:-11}
@@ -63,7 +63,7 @@ else
 	say "building Caddy v2.11.9 with the module (xcaddy) ..."
 	CADDY=$WORK/caddy
 	timeout 900 go tool xcaddy build v2.11.9 --output "$CADDY" \
-		--with github.com/caddy-upstream-oauth/upstream_oauth@v0.0.0-00010101000000-000000000000=. \
+		--with github.com/caddy-upstream-oauth/upstream_oauth@v0.0.0-00010101000000-000000000000=.. \
 		>"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 fi
 go build -o "$WORK/emulators" ./bench/emulators

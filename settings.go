@@ -1,0 +1,210 @@
+package upstreamoauth
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/cache"
+	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
+)
+
+// Defaults of the handler's own settings. Those of the token source
+// (timeout, refresh_ahead) are cache's and the token_type a response must
+// carry grants'; settings fills them in from there, so that a default and
+// the same value written out make one source.
+const (
+	defaultTTL    = 5 * time.Minute
+	defaultHeader = "Authorization"
+	defaultScheme = "Bearer"
+	maxReplayBody = 64 << 10
+)
+
+// settings are a handler's values with placeholders expanded, the preset
+// applied and defaults filled in. The exported fields shape the token and
+// so identify its source (key); the others are the handler's own.
+type settings struct {
+	Name         string        `json:"name"`
+	Provider     string        `json:"provider"`
+	Grants       grants.Config `json:"grants"`
+	LogoutURL    string        `json:"logout_url"`
+	RefreshAhead time.Duration `json:"refresh_ahead"`
+	Fraction     float64       `json:"fraction"` // of the lifetime, when RefreshAhead is 0
+	Timeout      time.Duration `json:"timeout"`
+	Share        bool          `json:"share"`
+	TLS          *TLS          `json:"tls"`
+
+	header  string
+	prefix  string
+	renewOn []int
+}
+
+// key identifies the token source of s: a hash of every setting that shapes
+// the token, so it reveals none of them.
+func (s settings) key() string {
+	b, _ := json.Marshal(s)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// settings resolves h into settings, or says what is wrong with it.
+func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
+	var s settings
+	expand := func(v string) string { return repl.ReplaceKnown(v, "") }
+	s.Provider = expand(h.Provider)
+	var preset grants.Preset
+	if s.Provider != "" {
+		p, ok := grants.LookupPreset(s.Provider)
+		if !ok {
+			return s, fmt.Errorf("unknown provider %q (known: %s)", s.Provider, strings.Join(grants.PresetNames(), ", "))
+		}
+		preset = p
+	}
+	or := func(v, def string) string {
+		if v = expand(v); v != "" {
+			return v
+		}
+		return def
+	}
+	g := grants.Config{
+		TokenURL:     or(h.TokenURL, preset.TokenURL),
+		Grant:        grants.GrantType(or(h.Grant, or(string(preset.Grant), string(grants.ClientCredentials)))),
+		ClientID:     expand(h.ClientID),
+		ClientSecret: expand(h.ClientSecret),
+		Username:     expand(h.Username),
+		Password:     expand(h.Password),
+		ClientAuth:   grants.AuthMethod(or(h.ClientAuth, or(string(preset.ClientAuth), string(grants.AuthBasic)))),
+		Body:         grants.BodyEncoding(or(h.Body, or(string(preset.Body), string(grants.BodyForm)))),
+		Audience:     expand(h.Audience),
+		DefaultTTL:   time.Duration(h.DefaultTTL),
+		AllowHTTP:    h.AllowHTTP,
+	}
+	// The RFC 7591 names of basic and body are the same methods.
+	if m, err := grants.ParseAuthMethod(string(g.ClientAuth)); err == nil {
+		g.ClientAuth = m
+	}
+	for _, sc := range h.Scope {
+		g.Scopes = append(g.Scopes, expand(sc))
+	}
+	if len(h.Param) > 0 {
+		g.Params = make(map[string]string, len(h.Param))
+		for k, v := range h.Param {
+			g.Params[k] = expand(v)
+		}
+	}
+	if len(h.TokenHeader) > 0 {
+		g.Headers = make(map[string]string, len(h.TokenHeader))
+		for k, v := range h.TokenHeader {
+			g.Headers[http.CanonicalHeaderKey(k)] = expand(v)
+		}
+	}
+	if g.DefaultTTL == 0 {
+		g.DefaultTTL = defaultTTL
+	}
+
+	s.header = http.CanonicalHeaderKey(or(h.Header, defaultHeader))
+	scheme := expand(h.HeaderScheme)
+	if scheme == "" && s.header == defaultHeader {
+		scheme = defaultScheme
+	}
+	if scheme != "" {
+		s.prefix = scheme + " "
+		g.TokenType = scheme
+	} else {
+		g.TokenType = grants.DefaultTokenType
+	}
+	s.Grants = g
+	if err := g.Validate(); err != nil {
+		return s, err
+	}
+
+	s.LogoutURL = or(h.LogoutURL, preset.LogoutURL)
+	if s.LogoutURL != "" {
+		if err := grants.CheckURL("logout_url", s.LogoutURL, h.AllowHTTP); err != nil {
+			return s, err
+		}
+	}
+	var err error
+	if s.RefreshAhead, s.Fraction, err = parseRefreshAhead(expand(h.RefreshAhead)); err != nil {
+		return s, err
+	}
+	if s.RefreshAhead == 0 && s.Fraction == 0 {
+		s.Fraction = cache.DefaultRefreshFraction
+	}
+	if s.Timeout = time.Duration(h.Timeout); s.Timeout == 0 {
+		s.Timeout = cache.DefaultTimeout
+	}
+	if s.Timeout < 0 {
+		return s, fmt.Errorf("timeout must be positive")
+	}
+	s.renewOn = h.RenewOn
+	if s.renewOn == nil {
+		s.renewOn = []int{http.StatusUnauthorized}
+	}
+	for _, st := range s.renewOn {
+		if st < 100 || st > 599 {
+			return s, fmt.Errorf("renew_on: %d is not an HTTP status", st)
+		}
+	}
+	s.Share = h.Share
+	if h.TLS != nil {
+		t := *h.TLS
+		t.CA = slices.Clone(t.CA)
+		for i := range t.CA {
+			t.CA[i] = expand(t.CA[i])
+		}
+		t.ClientCert, t.ClientKey, t.ServerName = expand(t.ClientCert), expand(t.ClientKey), expand(t.ServerName)
+		s.TLS = &t
+	}
+	s.Name = expand(h.Name)
+	if s.Name == "" {
+		s.Name = defaultName(s.Provider, g.TokenURL, g.ClientIdentity())
+	}
+	return s, nil
+}
+
+// parseRefreshAhead reads "20%" as a fraction of the lifetime or "5m" as a
+// duration; empty gives zero for both (the default).
+func parseRefreshAhead(v string) (time.Duration, float64, error) {
+	if v == "" {
+		return 0, 0, nil
+	}
+	if p, ok := strings.CutSuffix(v, "%"); ok {
+		f, err := strconv.ParseFloat(p, 64)
+		if err != nil || f <= 0 || f >= 100 {
+			return 0, 0, fmt.Errorf("refresh_ahead %q: want a percentage between 0%% and 100%%", v)
+		}
+		return 0, f / 100, nil
+	}
+	d, err := caddy.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, 0, fmt.Errorf("refresh_ahead %q: want a positive duration or a percentage", v)
+	}
+	return d, 0, nil
+}
+
+// defaultName names a source after its provider (or its token URL's host)
+// and its client (client_id, not a secret), so that two accounts at one
+// provider get two names: "1nce:api-user".
+func defaultName(provider, tokenURL, client string) string {
+	name := provider
+	if name == "" {
+		name = tokenURL
+		if _, rest, ok := strings.Cut(name, "://"); ok {
+			name = rest
+		}
+		name, _, _ = strings.Cut(name, "/")
+	}
+	if client != "" {
+		name += ":" + client
+	}
+	return name
+}
