@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -45,7 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		refresh_ahead  <duration>|<percent>
 //		default_ttl    <duration>
 //		timeout        <duration>
-//		renew_on       <status...>
+//		renew_on       <status...>|off
 //		header         <name> [<scheme>]
 //		share
 //		allow_http
@@ -79,6 +80,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err := h.unmarshalSubdirective(d, sub); err != nil {
 			return err
 		}
+		if !blocks[sub] {
+			if err := noBlock(d, sub); err != nil {
+				return err
+			}
+		}
 	}
 	if err := h.checkStatic(); err != nil {
 		d.Reset()
@@ -90,6 +96,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // repeatable subdirectives may stand more than once in a block.
 var repeatable = map[string]bool{"param": true, "token_header": true, "scope": true}
+
+// blocks are the subdirectives that open a block of their own.
+var blocks = map[string]bool{"tls": true}
+
+// noBlock refuses a block after a subdirective that takes none: without
+// this, `name x {` would read the block's lines as subdirectives of the
+// handler.
+func noBlock(d *caddyfile.Dispenser, sub string) error {
+	before := d.Token()
+	if d.NextBlock(d.Nesting()) || d.Token().Line != before.Line || d.Token().Text != before.Text {
+		return d.Errf("subdirective '%s' takes values on its line, not a block: remove the '{'", sub)
+	}
+	return nil
+}
 
 func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) error {
 	switch sub {
@@ -129,8 +149,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 		m := &h.Param
 		if sub == "token_header" {
 			m = &h.TokenHeader
-			if strings.ContainsAny(args[0], " \t\r\n:") {
-				return d.Errf("token_header: '%s' is not a header name", args[0])
+			if err := checkField(sub, args[0], args[1]); err != nil {
+				return d.Errf("%v", err)
 			}
 		}
 		if *m == nil {
@@ -150,13 +170,25 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 			}
 		}
 	case "default_ttl":
-		return durationArg(d, &h.DefaultTTL)
+		if err := durationArg(d, &h.DefaultTTL); err != nil {
+			return err
+		}
+		if err := checkDefaultTTL(time.Duration(h.DefaultTTL)); err != nil {
+			return d.Errf("%v", err)
+		}
 	case "timeout":
 		return durationArg(d, &h.Timeout)
 	case "renew_on":
 		args := d.RemainingArgs()
 		if len(args) == 0 {
 			return d.ArgErr()
+		}
+		if args[0] == "off" {
+			if len(args) > 1 {
+				return d.Errf("renew_on off takes no status codes")
+			}
+			h.RenewOn = []int{}
+			return nil
 		}
 		for _, a := range args {
 			st, err := strconv.Atoi(a)
@@ -170,12 +202,15 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 		if len(args) < 1 || len(args) > 2 {
 			return d.ArgErr()
 		}
-		if strings.ContainsAny(args[0], " \t\r\n:") {
+		if err := checkField(sub, args[0], ""); err != nil {
 			return d.Errf("header: '%s' is not a header name", args[0])
 		}
 		h.Header = http.CanonicalHeaderKey(args[0])
 		if len(args) == 2 {
 			h.HeaderScheme = args[1]
+			if err := checkScheme(args[1]); err != nil && !hasPlaceholder(args[1]) {
+				return d.Errf("%v", err)
+			}
 		}
 	case "share":
 		return noArgs(d, &h.Share)

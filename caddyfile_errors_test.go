@@ -46,6 +46,17 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"repeated token_url", "upstream_oauth {\n\ttoken_url https://a.example/t\n\ttoken_url https://b.example/t\n}", `subdirective 'token_url' given more than once`},
 		{"client_cert arity", "upstream_oauth 1nce {\n\ttls {\n\t\tclient_cert only.pem\n\t}\n}", `wrong argument count`},
 		{"missing value", "upstream_oauth 1nce {\n\tusername\n}", `wrong argument count`},
+		{"header with a non-token character", "upstream_oauth 1nce {\n\theader X-Tök\n}", `header: 'X-Tök' is not a header name`},
+		{"token_header with parentheses", "upstream_oauth 1nce {\n\ttoken_header \"X(a)\" v\n}", `token_header: "X(a)" is not a valid HTTP field name`},
+		{"token_header value with a newline", "upstream_oauth 1nce {\n\ttoken_header X-Key \"a\nb\"\n}", `the value has control characters`},
+		{"scheme with a newline", "upstream_oauth 1nce {\n\theader X-Token \"Be\narer\"\n}", `scheme "Be\narer" has spaces, control`},
+		{"scheme with a space", "upstream_oauth 1nce {\n\theader X-Token \"My Scheme\"\n}", `scheme "My Scheme" has spaces`},
+		{"default_ttl of a nanosecond", "upstream_oauth 1nce {\n\tdefault_ttl 1ns\n}", `default_ttl 1ns: want 1s to a year`},
+		{"default_ttl past a year", "upstream_oauth 1nce {\n\tdefault_ttl 100000h\n}", `default_ttl 100000h0m0s: want 1s to a year`},
+		{"block after a one-value subdirective", "upstream_oauth 1nce {\n\tname gw {\n\t\tusername u\n\t}\n}", `subdirective 'name' takes values on its line, not a block`},
+		{"block after token_url", "upstream_oauth {\n\ttoken_url https://a.example/t {\n\t}\n}", `subdirective 'token_url' takes values on its line, not a block`},
+		{"block after share", "upstream_oauth 1nce {\n\tshare {\n\t\tttl 5m\n\t}\n}", `subdirective 'share' takes values on its line, not a block`},
+		{"renew_on off with statuses", "upstream_oauth 1nce {\n\trenew_on off 401\n}", `renew_on off takes no status codes`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := caddyfile.NewTestDispenser(tc.input)

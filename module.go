@@ -99,7 +99,7 @@ type Handler struct {
 	RefreshAhead string `json:"refresh_ahead,omitempty"`
 
 	// DefaultTTL is the lifetime of a token whose response has no
-	// expires_in. Default: 5m.
+	// expires_in, from 1s to a year. Default: 5m.
 	DefaultTTL caddy.Duration `json:"default_ttl,omitempty"`
 
 	// Timeout bounds one token request (and one logout). Default: 10s.
@@ -107,15 +107,22 @@ type Handler struct {
 
 	// RenewOn lists upstream statuses that retire the token that was used;
 	// the request is replayed once with a new token when its body was kept
-	// (none, or up to 64 KiB). Default: [401].
-	RenewOn []int `json:"renew_on,omitempty"`
+	// (none, or up to 64 KiB). Retirements are spaced, so that no client
+	// can drive token requests. An empty list (Caddyfile: renew_on off)
+	// turns watching off: the handler wraps nothing. Default: [401].
+	RenewOn []int `json:"renew_on,omitzero"`
 
-	// Header is the request header that carries the token. Default:
-	// Authorization.
+	// Header is the request header that carries the token, an HTTP field
+	// name. Default: Authorization. Caddy's logs redact Authorization (and
+	// its other credential headers) from request headers, but not a header
+	// of another name: reverse_proxy's DEBUG "upstream roundtrip" line
+	// then shows the token, unless a log filter removes it (the README's
+	// security section has one).
 	Header string `json:"header,omitempty"`
 
-	// HeaderScheme is the scheme before the token in Header. Default:
-	// Bearer for Authorization, none (the bare token) for other headers.
+	// HeaderScheme is the scheme before the token in Header, a token
+	// (no spaces or control characters). Default: Bearer for
+	// Authorization, none (the bare token) for other headers.
 	HeaderScheme string `json:"header_scheme,omitempty"`
 
 	// Share keeps tokens in Caddy's configured storage, so that instances
@@ -136,8 +143,8 @@ type Handler struct {
 	prefix  string
 	renewOn []int
 	logger  *zap.Logger
-	value   *headerValue               // the header value of the current token
-	buffer  caddyhttp.ShouldBufferFunc // buffer answers with a renew_on status
+	value   *headerValue  // the header value of the current token
+	layout  *headerLayout // the response header's keys before next (replay.go)
 }
 
 // TLS configures the client side of TLS connections to the token endpoint.
@@ -185,7 +192,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.header, h.prefix, h.renewOn = s.header, s.prefix, s.renewOn
-	h.value, h.buffer = new(headerValue), h.isRenewStatus
+	h.value, h.layout = new(headerValue), new(headerLayout)
 	h.key = s.key()
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return newPooledSource(ctx, s)

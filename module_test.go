@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -86,6 +88,44 @@ func TestServeHTTPHeader(t *testing.T) {
 			}
 			if name != "Authorization" && got.Get("Authorization") != "" {
 				t.Errorf("the client's Authorization reached the upstream")
+			}
+		})
+	}
+}
+
+// TestProvisionRefusesUnworkableJSON: what the Caddyfile refuses at adapt
+// time, a JSON config gets refused at provision: a header name that is not
+// an HTTP field name, a scheme with a space or newline, a token_header
+// whose value would split the request, default_ttl under 1 s or over a
+// year.
+func TestProvisionRefusesUnworkableJSON(t *testing.T) {
+	if err := benchConfigOnce(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		h    Handler
+		want string
+	}{
+		{"header", Handler{Header: "X-Tök"}, `header: "X-Tök" is not a valid HTTP field name`},
+		{"scheme", Handler{Header: "X-Token", HeaderScheme: "Be\narer"}, `scheme "Be\narer" has spaces`},
+		{"token_header name", Handler{TokenHeader: map[string]string{"X(a)": "v"}}, `"X(a)" is not a valid HTTP field name`},
+		{"token_header value", Handler{TokenHeader: map[string]string{"X-Key": "a\r\nX-Evil: 1"}}, `the value has control characters`},
+		{"default_ttl 1ns", Handler{DefaultTTL: caddy.Duration(time.Nanosecond)}, `default_ttl 1ns: want 1s to a year`},
+		{"default_ttl 100000h", Handler{DefaultTTL: caddy.Duration(100000 * time.Hour)}, `want 1s to a year`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := c.h
+			h.TokenURL, h.ClientID, h.ClientSecret = "https://auth.example/token", "id", "secret"
+			ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+			defer cancel()
+			err := h.Provision(ctx)
+			if err == nil {
+				_ = h.Cleanup()
+				t.Fatalf("provisioned; want an error with %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q, want %q", err, c.want)
 			}
 		})
 	}

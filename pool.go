@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -100,11 +101,23 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 }
 
 // Destruct stops the source once no handler uses it; a token that is not
-// shared with other instances is logged out (when a logout_url is set).
+// shared with other instances is logged out (when a logout_url is set), in
+// the background: the logouts of all sources a reload or a stop removes run
+// side by side, each within its timeout.
 func (p *pooledSource) Destruct() error {
 	p.Stop(!p.info.Share)
+	pendingLogouts.Go(p.WaitLogouts)
 	forgetSourceMetrics(p.info.Name)
 	return nil
+}
+
+// pendingLogouts tracks the logouts of stopped sources. A reload does not
+// wait for them; Caddy's process exit does (they run side by side, so it
+// waits at most the longest timeout, not the sum of them).
+var pendingLogouts sync.WaitGroup
+
+func init() {
+	caddy.OnExit(func(context.Context) { pendingLogouts.Wait() })
 }
 
 // liveSources lists the token sources of the process.

@@ -2,8 +2,10 @@ package upstreamoauth
 
 import (
 	"bytes"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -41,5 +43,122 @@ func TestRenewOnAfterInformational(t *testing.T) {
 	}
 	if got := n.Load(); got != 2 {
 		t.Errorf("token requests after a 103 then a 401: %d, want 2 (the 401 retires the token, whatever 1xx came before)", got)
+	}
+}
+
+// TestRenewOnOffWrapsNothing: with renew_on off, the handler passes the
+// response writer and the request body to next as it got them.
+func TestRenewOnOffWrapsNothing(t *testing.T) {
+	h := &Handler{Name: t.Name(), RenewOn: []int{}}
+	provisionTest(t, h)
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader([]byte("body")))
+	body := r.Body
+	next := caddyhttp.HandlerFunc(func(got http.ResponseWriter, gr *http.Request) error {
+		if got != w {
+			t.Errorf("next got a %T, want the handler's own writer: renew_on off wraps nothing", got)
+		}
+		if gr.Body != body {
+			t.Errorf("next got a %T body, want the request's own", gr.Body)
+		}
+		return nil
+	})
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chunkWriter is a ResponseWriter that counts what reached it, so that a
+// test can tell what was held back.
+type chunkWriter struct {
+	*httptest.ResponseRecorder
+	wrote int
+}
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	c.wrote += len(p)
+	return c.ResponseRecorder.Write(p)
+}
+
+// TestRefusalBodyBounded: a refusal is held back only up to 64 KiB; past
+// that it streams through as the upstream writes it (before: held whole, a
+// 50 MB body in memory per request), and the token is still retired.
+func TestRefusalBodyBounded(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	n := provisionTest(t, h)
+	w := &chunkWriter{ResponseRecorder: httptest.NewRecorder()}
+	const total = 1 << 20
+	chunk := bytes.Repeat([]byte("r"), 4<<10)
+	var heldMost int
+	next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+		rw.WriteHeader(http.StatusUnauthorized)
+		for written := 0; written < total; written += len(chunk) {
+			if _, err := rw.Write(chunk); err != nil {
+				return err
+			}
+			heldMost = max(heldMost, written+len(chunk)-w.wrote)
+		}
+		return nil
+	})
+	if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil), next); err != nil {
+		t.Fatal(err)
+	}
+	if heldMost > maxReplayBody+len(chunk) {
+		t.Errorf("up to %d bytes of the refusal were held back at once; the contract: at most 64 KiB, the rest streams through", heldMost)
+	}
+	if w.Code != http.StatusUnauthorized || w.Body.Len() != total {
+		t.Errorf("the client got %d with %d bytes, want the upstream's 401 with all %d", w.Code, w.Body.Len(), total)
+	}
+	// The retirement's token request runs in the background: the next
+	// request waits for it.
+	ok := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	if err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil), ok); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.Load(); got != 2 {
+		t.Errorf("token requests: %d, want 2 (a refusal that streams through still retires the token)", got)
+	}
+}
+
+// TestReplayRestoresHeaderAndBody: a small refusal is held back whole; the
+// replay goes out with the response header as it was before the upstream
+// answered and the body the client sent, which the first attempt read as
+// it streamed.
+func TestReplayRestoresHeaderAndBody(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	w := httptest.NewRecorder()
+	w.Header().Set("X-Before", "kept")
+	attempts := 0
+	var bodies []string
+	next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+		attempts++
+		b, _ := io.ReadAll(r.Body)
+		bodies = append(bodies, string(b))
+		if attempts == 1 {
+			rw.Header().Set("Www-Authenticate", "Bearer")
+			rw.WriteHeader(http.StatusUnauthorized)
+			_, _ = rw.Write([]byte("refused"))
+			return nil
+		}
+		rw.Header().Set("X-Replayed", "yes")
+		rw.WriteHeader(http.StatusOK)
+		return nil
+	})
+	r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader([]byte("client body")))
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 2 || w.Code != http.StatusOK {
+		t.Fatalf("attempts %d, status %d; want a replay answered 200", attempts, w.Code)
+	}
+	if bodies[0] != "client body" || bodies[1] != "client body" {
+		t.Errorf("bodies %q, want the client's body in both attempts", bodies)
+	}
+	if w.Header().Get("X-Before") != "kept" || w.Header().Get("Www-Authenticate") != "" || w.Header().Get("X-Replayed") != "yes" {
+		t.Errorf("header after the replay: %v; want the one from before, without the refusal's", w.Header())
+	}
+	if strings.Contains(w.Body.String(), "refused") {
+		t.Errorf("the refusal's body reached the client: %q", w.Body.String())
 	}
 }

@@ -25,6 +25,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(h.renewOn) > 0 {
 		return h.serveWatching(w, r, next, tok)
 	}
+	if r.Trailer != nil {
+		watchBody(r, h.header, false) // trailers are scrubbed at the body's end
+	}
 	h.setToken(r, tok)
 	return next.ServeHTTP(w, r)
 }
@@ -48,12 +51,17 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) (*grants.Token, 
 }
 
 // setToken puts tok on r, replacing what the client sent; the client's own
-// Authorization never reaches the upstream.
+// Authorization never reaches the upstream, neither as a header nor as a
+// trailer (watchBody deletes trailers that net/http fills in later).
+//
+// h.header is canonical (settings made it so): the map is written directly,
+// as Header.Set would after canonicalizing the key again.
 func (h *Handler) setToken(r *http.Request, tok *grants.Token) {
 	if h.header != defaultHeader {
-		r.Header.Del(defaultHeader)
+		delete(r.Header, defaultHeader)
 	}
-	r.Header.Set(h.header, h.value.of(h.prefix, tok))
+	r.Header[h.header] = []string{h.value.of(h.prefix, tok)}
+	scrubTrailer(r, h.header)
 }
 
 // headerValue holds the header value (scheme and token) of the token a

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/cache"
 	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
@@ -109,9 +110,23 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 	if g.DefaultTTL == 0 {
 		g.DefaultTTL = defaultTTL
 	}
+	if err := checkDefaultTTL(g.DefaultTTL); err != nil {
+		return s, err
+	}
+	for name, v := range g.Headers {
+		if err := checkField("token_header", name, v); err != nil {
+			return s, err
+		}
+	}
 
 	s.header = http.CanonicalHeaderKey(or(h.Header, defaultHeader))
+	if err := checkField("header", s.header, ""); err != nil {
+		return s, err
+	}
 	scheme := expand(h.HeaderScheme)
+	if err := checkScheme(scheme); err != nil {
+		return s, err
+	}
 	if scheme == "" && s.header == defaultHeader {
 		scheme = defaultScheme
 	}
@@ -169,6 +184,37 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 		s.Name = defaultName(s.Provider, g.TokenURL, g.ClientIdentity())
 	}
 	return s, nil
+}
+
+// checkField checks a header's name (an RFC 9110 token) and value (no CR,
+// LF or other controls): what would otherwise fail on every request, or
+// split it. The value is never quoted: it may be a secret.
+func checkField(what, name, value string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("%s: %q is not a valid HTTP field name", what, name)
+	}
+	if !httpguts.ValidHeaderFieldValue(value) {
+		return fmt.Errorf("%s %s: the value has control characters (CR, LF, ...)", what, name)
+	}
+	return nil
+}
+
+// checkScheme checks the header's scheme: a token, as RFC 9110 has
+// auth-schemes, so no spaces or control characters.
+func checkScheme(scheme string) error {
+	if scheme != "" && !httpguts.ValidHeaderFieldName(scheme) {
+		return fmt.Errorf("header: scheme %q has spaces, control or other characters not allowed in a scheme", scheme)
+	}
+	return nil
+}
+
+// checkDefaultTTL checks default_ttl: under a second, every request would
+// need a token request; over a year is past what expires_in may say.
+func checkDefaultTTL(d time.Duration) error {
+	if d < time.Second || d > grants.MaxLifetime {
+		return fmt.Errorf("default_ttl %v: want 1s to a year", d)
+	}
+	return nil
 }
 
 // parseRefreshAhead reads "20%" as a fraction of the lifetime or "5m" as a

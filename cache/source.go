@@ -55,6 +55,17 @@ type Options struct {
 	// and 5m.
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
+	// RetireBase and RetireMax space the retirements of the source's token
+	// that the upstream asks for (Retire), so that no client can make the
+	// source request a token per request: after a retirement, the next one
+	// waits RetireBase, then twice that after each retirement that comes
+	// soon after the one before, up to RetireMax, whatever the upstream
+	// accepted in between. The spacing relaxes only once no retirement has
+	// happened for RetireQuiet. Defaults: BackoffBase, BackoffMax, and
+	// twice RetireMax.
+	RetireBase  time.Duration
+	RetireMax   time.Duration
+	RetireQuiet time.Duration
 	// Logger receives the source's log lines. Default: a no-op logger.
 	Logger *zap.Logger
 	// OnResult, if set, is called after every token request.
@@ -81,7 +92,16 @@ type Source struct {
 	stopped bool
 	ctx     context.Context
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // token requests in flight
+
+	// Retirements the upstream asked for (Retire): how many came each soon
+	// after the one before, and when the last one was, by clock (time.Now;
+	// tests set their own).
+	retireStreak int
+	lastRetire   time.Time
+	clock        func() time.Time
+
+	logouts sync.WaitGroup // logouts in flight (WaitLogouts)
 
 	requests, failures atomic.Int64
 	lastSuccess        atomic.Int64 // unix nanoseconds
@@ -126,11 +146,20 @@ func New(opts Options) *Source {
 	if opts.BackoffMax < opts.BackoffBase {
 		opts.BackoffMax = opts.BackoffBase
 	}
+	if opts.RetireBase <= 0 {
+		opts.RetireBase = opts.BackoffBase
+	}
+	if opts.RetireMax < opts.RetireBase {
+		opts.RetireMax = max(opts.BackoffMax, opts.RetireBase)
+	}
+	if opts.RetireQuiet <= 0 {
+		opts.RetireQuiet = 2 * opts.RetireMax
+	}
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Source{opts: opts, log: log.With(zap.String("source", opts.Name))}
+	s := &Source{opts: opts, log: log.With(zap.String("source", opts.Name)), clock: time.Now}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.snap.Store(&snapshot{})
 	return s
@@ -391,11 +420,12 @@ func (s *Source) ahead(tok *grants.Token) time.Duration {
 	return ahead
 }
 
-// backoff is the delay after the n-th failure in a row.
+// backoff is the delay after the n-th failure in a row: at least the
+// provider's own Retry-After, when it sent one (at most an hour).
 func (s *Source) backoff(n int, err error) time.Duration {
 	base := s.opts.BackoffBase
-	var pe *grants.ProviderError
-	if errors.As(err, &pe) && pe.Credentials() {
+	pe, isProvider := errors.AsType[*grants.ProviderError](err)
+	if isProvider && pe.Credentials() {
 		base *= 8
 	}
 	ceiling := base
@@ -403,7 +433,11 @@ func (s *Source) backoff(n int, err error) time.Duration {
 		ceiling *= 2
 	}
 	ceiling = min(ceiling, max(s.opts.BackoffMax, base))
-	return base + time.Duration(weakrand.Int64N(int64(ceiling-base)+1))
+	delay := base + time.Duration(weakrand.Int64N(int64(ceiling-base)+1))
+	if isProvider {
+		delay = max(delay, min(pe.RetryAfter, grants.MaxRetryAfter))
+	}
+	return delay
 }
 
 // scheduleLocked sets the one timer of the source to fire after d.
@@ -433,7 +467,9 @@ func (s *Source) onTimer() {
 // Retire drops tok if it is still the current token (the upstream refused
 // it) and starts a new token request, unless backing off. A token that is no
 // longer current is left alone, so concurrent refusals cause one renewal.
-// It reports whether tok was current.
+// Retirements are spaced (Options.RetireBase): while the next one has to
+// wait, tok stays current, and the caller passes the upstream's answer on.
+// It reports whether tok was retired now.
 func (s *Source) Retire(tok *grants.Token) bool {
 	s.mu.Lock()
 	st := s.snap.Load()
@@ -441,15 +477,50 @@ func (s *Source) Retire(tok *grants.Token) bool {
 		s.mu.Unlock()
 		return false
 	}
-	next := *st
-	next.tok, next.renewAt = nil, time.Time{}
+	now := s.clock()
+	if wait := s.retireWaitLocked(now); wait > 0 {
+		streak := s.retireStreak
+		s.mu.Unlock()
+		if c := s.log.Check(zap.DebugLevel, "the upstream refused the token; its retirement must wait, so the answer passes through"); c != nil {
+			c.Write(zap.Duration("retire_in", wait), zap.Int("retirements_in_a_row", streak))
+		}
+		return false
+	}
+	if now.Sub(s.lastRetire) >= s.opts.RetireQuiet {
+		s.retireStreak = 0
+	}
+	s.retireStreak++
+	s.lastRetire = now
+	streak, next := s.retireStreak, s.retireSpacing(s.retireStreak)
+	next2 := *st
+	next2.tok, next2.renewAt = nil, time.Time{}
 	s.retired = tok.AccessToken
-	s.snap.Store(&next)
+	s.snap.Store(&next2)
 	s.startLocked(false)
-	s.logoutLocked(tok) // under s.mu: no wg.Add once Stop is waiting
+	s.logoutLocked(tok) // under s.mu: no Add once Stop is waiting
 	s.mu.Unlock()
-	s.log.Info("token retired: the upstream refused it")
+	s.log.Info("token retired: the upstream refused it",
+		zap.Int("retirements_in_a_row", streak), zap.Duration("next_retirement_after", next))
 	return true
+}
+
+// retireWaitLocked is how long a retirement asked for at now must wait: 0
+// when none happened recently. s.mu must be held.
+func (s *Source) retireWaitLocked(now time.Time) time.Duration {
+	if s.retireStreak == 0 || now.Sub(s.lastRetire) >= s.opts.RetireQuiet {
+		return 0
+	}
+	return s.lastRetire.Add(s.retireSpacing(s.retireStreak)).Sub(now)
+}
+
+// retireSpacing is the least time between the n-th retirement in a row and
+// the next: RetireBase·2ⁿ⁻¹, at most RetireMax.
+func (s *Source) retireSpacing(n int) time.Duration {
+	d := s.opts.RetireBase
+	for i := 1; i < n && d < s.opts.RetireMax; i++ {
+		d *= 2
+	}
+	return min(d, s.opts.RetireMax)
 }
 
 // Renew starts a token request now, even while backing off, and waits for it
@@ -475,7 +546,7 @@ func (s *Source) logoutLocked(tok *grants.Token) {
 	if s.stopped || s.opts.Logout == nil || tok == nil || !time.Now().Before(tok.Expiry) {
 		return
 	}
-	s.wg.Go(func() { s.logoutNow(tok) })
+	s.logouts.Go(func() { s.logoutNow(tok) })
 }
 
 func (s *Source) logoutNow(tok *grants.Token) {
@@ -489,9 +560,12 @@ func (s *Source) logoutNow(tok *grants.Token) {
 }
 
 // Stop ends the source: the timer is stopped, a token request in flight is
-// abandoned, no goroutine of the source outlives the call, and Get answers
-// ErrStopped from then on. With logout set, the current token is retired at
-// the provider (best effort, within Timeout).
+// abandoned, no token request of the source outlives the call, and Get
+// answers ErrStopped from then on. With logout set, the current token is
+// retired at the provider (best effort): that logout, like those of tokens
+// retired before, runs on in the background, bounded by Timeout, so that
+// stopping many sources together takes one Timeout, not one each;
+// WaitLogouts waits for them.
 func (s *Source) Stop(logout bool) {
 	s.mu.Lock()
 	if s.stopped {
@@ -510,11 +584,15 @@ func (s *Source) Stop(logout bool) {
 	s.mu.Lock()
 	st := s.snap.Load()
 	s.snap.Store(&snapshot{err: st.err, failures: st.failures})
-	s.mu.Unlock()
 	if logout && st.tok != nil && s.opts.Logout != nil && time.Now().Before(st.tok.Expiry) {
-		s.logoutNow(st.tok)
+		s.logouts.Go(func() { s.logoutNow(st.tok) })
 	}
+	s.mu.Unlock()
 }
+
+// WaitLogouts waits for the source's logouts in flight, each bounded by
+// Timeout.
+func (s *Source) WaitLogouts() { s.logouts.Wait() }
 
 // Status is the state of a source, for the admin API. It holds no secret.
 type Status struct {

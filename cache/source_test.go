@@ -374,12 +374,13 @@ func TestValidTokenServedWhileRenewalsFail(t *testing.T) {
 }
 
 // Retire drops the current token and starts one request, however many
-// callers retire it; a stale token is left alone.
+// callers retire it; a stale token is left alone. (Retirements are spaced
+// by a millisecond here; TestRetireSpacing tests the spacing.)
 func TestRetire(t *testing.T) {
 	f := newFake(time.Hour)
 	var logouts atomic.Int64
 	var loggedOut sync.Map
-	s := newSource(t, Options{Fetcher: f, Logout: func(_ context.Context, tok *grants.Token) error {
+	s := newSource(t, Options{Fetcher: f, RetireBase: time.Millisecond, Logout: func(_ context.Context, tok *grants.Token) error {
 		logouts.Add(1)
 		loggedOut.Store(tok, true)
 		return nil
@@ -652,6 +653,7 @@ func TestStopLogout(t *testing.T) {
 			}
 			s.Stop(logout)
 			s.Stop(logout)
+			s.WaitLogouts()
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -683,6 +685,7 @@ func TestStopLogoutNoToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2.Stop(true)
+	s2.WaitLogouts()
 	if logouts.Load() != 1 {
 		t.Fatalf("logouts = %d, want 1", logouts.Load())
 	}
@@ -896,16 +899,21 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// A Retire racing with Stop leaves no logout running after Stop returns.
+// A Retire racing with Stop starts no logout after Stop returns (a logout
+// started before runs on, bounded by Timeout), and WaitLogouts waits for
+// every logout of the source.
 func TestRetireRacingStop(t *testing.T) {
 	for i := range 200 {
 		f := newFake(time.Hour)
 		var stopped, late atomic.Bool
+		var running atomic.Int64
 		s := New(Options{Fetcher: f, Logout: func(context.Context, *grants.Token) error {
-			time.Sleep(time.Millisecond)
 			if stopped.Load() {
 				late.Store(true)
 			}
+			running.Add(1)
+			defer running.Add(-1)
+			time.Sleep(time.Millisecond)
 			return nil
 		}})
 		tok, err := s.Get(context.Background())
@@ -922,11 +930,18 @@ func TestRetireRacingStop(t *testing.T) {
 		}()
 		close(start)
 		s.Stop(false)
+		// Logouts begun before Stop returned may still be starting: wait
+		// for them, then no new one may come.
+		s.WaitLogouts()
 		stopped.Store(true)
 		wg.Wait()
+		s.WaitLogouts()
 		time.Sleep(3 * time.Millisecond)
 		if late.Load() {
-			t.Fatalf("iteration %d: a logout ran after Stop returned", i)
+			t.Fatalf("iteration %d: a logout started after Stop returned and its logouts were waited for", i)
+		}
+		if n := running.Load(); n != 0 {
+			t.Fatalf("iteration %d: %d logouts running after WaitLogouts", i, n)
 		}
 	}
 }

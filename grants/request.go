@@ -23,6 +23,7 @@ const MaxBody = 1 << 20
 type Client struct {
 	cfg Config
 	hc  *http.Client
+	red redactor // the secrets of cfg, out of every error
 }
 
 // DefaultTokenType is the token_type a response must carry, when it carries
@@ -41,7 +42,23 @@ func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = NewHTTPClient(nil)
 	}
-	return &Client{cfg: cfg, hc: hc}, nil
+	return &Client{cfg: cfg, hc: hc, red: cfg.redactor()}, nil
+}
+
+// redactor removes c's secrets from provider text: the client secret (also
+// as the Basic header's id:secret), the password, and the values of
+// token_header and param that could be keys (4 characters or more).
+func (c Config) redactor() redactor {
+	id, secret := c.clientCredentials()
+	secrets := []string{secret, c.ClientSecret, c.Password}
+	for _, m := range []map[string]string{c.Headers, c.Params} {
+		for _, v := range m {
+			if len(v) >= 4 {
+				secrets = append(secrets, v)
+			}
+		}
+	}
+	return newRedactor(id, secrets...)
 }
 
 // NewHTTPClient returns an HTTP client for token requests: it follows no
@@ -80,13 +97,13 @@ func newTransport(tlsConfig *tls.Config) *http.Transport {
 // Token requests a new token with the configured grant.
 func (c *Client) Token(ctx context.Context) (*Token, error) {
 	fields := c.grantFields()
-	return c.do(ctx, fields)
+	return c.do(ctx, fields, c.red)
 }
 
 // Refresh requests a new token with the refresh_token grant.
 func (c *Client) Refresh(ctx context.Context, refreshToken string) (*Token, error) {
 	fields := append([][2]string{{"grant_type", string(RefreshToken)}, {"refresh_token", refreshToken}}, c.clientBodyFields()...)
-	return c.do(ctx, fields)
+	return c.do(ctx, fields, c.red.plus(refreshToken))
 }
 
 // Logout calls logoutURL with GET and the token as bearer, as Telenor
@@ -105,7 +122,7 @@ func (c *Client) Logout(ctx context.Context, logoutURL string, tok *Token) error
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return ParseError(resp.StatusCode, body)
+		return parseError(resp.StatusCode, body, c.red.plus(tok.AccessToken))
 	}
 	return nil
 }
@@ -186,7 +203,9 @@ func (c *Client) newRequest(ctx context.Context, fields [][2]string) (*http.Requ
 	return req, nil
 }
 
-func (c *Client) do(ctx context.Context, fields [][2]string) (*Token, error) {
+// do sends the token request that carries fields and reads its answer;
+// red removes the request's secrets from any provider text in the error.
+func (c *Client) do(ctx context.Context, fields [][2]string, red redactor) (*Token, error) {
 	req, err := c.newRequest(ctx, fields)
 	if err != nil {
 		return nil, err
@@ -208,9 +227,13 @@ func (c *Client) do(ctx context.Context, fields [][2]string) (*Token, error) {
 		return nil, &ResponseError{Status: resp.StatusCode, Reason: fmt.Sprintf("redirect (status %d) refused: token requests do not follow redirects", resp.StatusCode)}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, ParseError(resp.StatusCode, body)
+		pe := parseError(resp.StatusCode, body, red)
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			pe.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+		return nil, pe
 	}
-	return ParseToken(body, resp.Header.Get("Content-Type"), c.cfg.TokenType, c.cfg.DefaultTTL, start)
+	return parseToken(body, resp.Header.Get("Content-Type"), c.cfg.TokenType, c.cfg.DefaultTTL, start, red)
 }
 
 // TransportError is a token request that got no answer: connection refused

@@ -1,6 +1,7 @@
 package grants
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -27,7 +28,7 @@ type recorded struct {
 }
 
 // server is an httptest server on 127.0.0.1 that records every request
-// before handing it to its handler (whose r.Body is then already read).
+// before handing it to its handler (whose r.Body holds the body again).
 type server struct {
 	*httptest.Server
 	mu   sync.Mutex
@@ -57,6 +58,7 @@ func newServer(t *testing.T, h http.HandlerFunc) *server {
 		s.mu.Lock()
 		s.reqs = append(s.reqs, recorded{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Clone(), body})
 		s.mu.Unlock()
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		if h != nil {
 			h(w, r)
 		}

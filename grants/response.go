@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"mime"
+	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -47,12 +49,19 @@ func (e *ResponseError) Error() string {
 
 // ProviderError is an error answer from the token endpoint, in the provider's
 // own words: RFC 6749 error/error_description, 1NCE's errorCode/message,
-// Telenor's numeric codes.
+// Telenor's numeric codes. Code and Description hold no secret of the
+// client's: they are redacted (see redactor).
 type ProviderError struct {
 	Status      int
 	Code        string
 	Description string
+	// RetryAfter is the provider's own Retry-After (on 429 or 503), at most
+	// MaxRetryAfter; zero when it sent none.
+	RetryAfter time.Duration
 }
+
+// MaxRetryAfter caps how long a provider's Retry-After is honoured.
+const MaxRetryAfter = time.Hour
 
 func (e *ProviderError) Error() string {
 	var b strings.Builder
@@ -67,13 +76,36 @@ func (e *ProviderError) Error() string {
 }
 
 // Credentials reports whether the provider rejected the request itself
-// (400/401/403), which retrying soon will not mend.
+// (400/401/403), which retrying soon will not mend. A 200 whose body is an
+// RFC 6749 error counts as the status that error is sent with.
 func (e *ProviderError) Credentials() bool {
-	return e.Status == 400 || e.Status == 401 || e.Status == 403
+	status := e.Status
+	if status == http.StatusOK {
+		status = rfc6749Status(e.Code)
+	}
+	return status == 400 || status == 401 || status == 403
+}
+
+// rfc6749Status is the status RFC 6749 (section 5.2) sends error code with,
+// and 6749's two server-side codes (section 4.1.2.1) theirs; 0 for other
+// codes.
+func rfc6749Status(code string) int {
+	switch code {
+	case "invalid_client":
+		return http.StatusUnauthorized
+	case "invalid_request", "invalid_grant", "unauthorized_client", "unsupported_grant_type", "invalid_scope":
+		return http.StatusBadRequest
+	case "server_error":
+		return http.StatusInternalServerError
+	case "temporarily_unavailable":
+		return http.StatusServiceUnavailable
+	}
+	return 0
 }
 
 // tokenResponse is the union of the fields the providers send.
 type tokenResponse struct {
+	Error        *string         `json:"error"` // RFC 6749, on a 200 that is no token
 	AccessToken  *string         `json:"access_token"`
 	TokenType    *string         `json:"token_type"`
 	ExpiresIn    json.RawMessage `json:"expires_in"`
@@ -81,17 +113,28 @@ type tokenResponse struct {
 	Scope        json.RawMessage `json:"scope"`
 }
 
+// utf8BOM is the byte order mark some servers put before a UTF-8 body.
+var utf8BOM = []byte("\xef\xbb\xbf")
+
 // ParseToken reads a 200 answer of the token endpoint. wantType is the
 // token_type it must carry, if any (case-insensitive); defaultTTL is the
 // lifetime when expires_in is absent; obtained is when the request was sent.
+// A body that is an RFC 6749 error (an error field, no access_token) is a
+// *ProviderError with status 200.
 func ParseToken(body []byte, contentType, wantType string, defaultTTL time.Duration, obtained time.Time) (*Token, error) {
+	return parseToken(body, contentType, wantType, defaultTTL, obtained, redactor{})
+}
+
+func parseToken(body []byte, contentType, wantType string, defaultTTL time.Duration, obtained time.Time, red redactor) (*Token, error) {
+	// The provider's text in a reason is redacted where it is quoted;
+	// the module's own words are not.
 	refuse := func(format string, args ...any) error {
 		return &ResponseError{Status: 200, Reason: fmt.Sprintf(format, args...)}
 	}
 	if len(body) > MaxBody {
 		return nil, refuse("response body over 1 MiB")
 	}
-	trimmed := bytes.TrimSpace(body)
+	trimmed := bytes.TrimSpace(bytes.TrimPrefix(body, utf8BOM))
 	if len(trimmed) == 0 {
 		return nil, refuse("empty body")
 	}
@@ -100,26 +143,30 @@ func ParseToken(body []byte, contentType, wantType string, defaultTTL time.Durat
 		if mt == "" {
 			mt = "none"
 		}
-		return nil, refuse("body is not a JSON object (content-type %s)", sanitize(mt, 64))
+		return nil, refuse("body is not a JSON object (content-type %s)", sanitize(red.apply(mt), 64))
 	}
 	var tr tokenResponse
 	if err := json.Unmarshal(trimmed, &tr); err != nil {
-		return nil, refuse("malformed JSON: %s", sanitize(err.Error(), 120))
+		return nil, refuse("malformed JSON: %s", sanitize(red.apply(err.Error()), 120))
 	}
 	if tr.AccessToken == nil || *tr.AccessToken == "" {
+		if tr.Error != nil && *tr.Error != "" {
+			return nil, parseError(http.StatusOK, trimmed, red)
+		}
 		return nil, refuse("no access_token")
 	}
 	if reason := unsafeToken(*tr.AccessToken); reason != "" {
 		return nil, refuse("access_token %s", reason)
 	}
 	tok := &Token{AccessToken: *tr.AccessToken, Obtained: obtained}
-	if tr.TokenType != nil && *tr.TokenType != "" {
-		tok.TokenType = *tr.TokenType
+	if tr.TokenType != nil && strings.TrimSpace(*tr.TokenType) != "" {
+		// Surrounding spaces ("Bearer ") are a harmless slip of some servers.
+		tok.TokenType = strings.TrimSpace(*tr.TokenType)
 		if wantType != "" && !strings.EqualFold(tok.TokenType, wantType) {
-			return nil, refuse("token_type %s is not %s", mention(tok.TokenType, 32, true, tok.AccessToken), wantType)
+			return nil, refuse("token_type %s is not %s", mention(red.apply(tok.TokenType), 32, true, tok.AccessToken), wantType)
 		}
 	}
-	lifetime, err := parseExpiresIn(tr.ExpiresIn, tok.AccessToken)
+	lifetime, err := parseExpiresIn(tr.ExpiresIn, tok.AccessToken, red)
 	if err != nil {
 		return nil, refuse("%v", err)
 	}
@@ -138,11 +185,16 @@ func ParseToken(body []byte, contentType, wantType string, defaultTTL time.Durat
 	return tok, nil
 }
 
+// decimal is the JSON number syntax, without a sign: the only way
+// expires_in may be written, as a number or in a string (Telenor).
+// strconv.ParseFloat alone would also take "0x1p4", "Inf" or "1_0".
+var decimal = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
+
 // parseExpiresIn reads expires_in as a number or a numeric string (Telenor).
-// Absent or null gives 0; zero, negative, under a second, non-numeric and
-// implausibly large values are errors. token is the access token, which the
-// error never quotes.
-func parseExpiresIn(raw json.RawMessage, token string) (time.Duration, error) {
+// Absent or null gives 0; zero, negative, under a second, non-numeric (or
+// not decimal) and implausibly large values are errors. token is the access
+// token, which the error never quotes, and red removes secrets from it.
+func parseExpiresIn(raw json.RawMessage, token string, red redactor) (time.Duration, error) {
 	s := strings.TrimSpace(string(raw))
 	if s == "" || s == "null" {
 		return 0, nil
@@ -154,9 +206,12 @@ func parseExpiresIn(raw json.RawMessage, token string) (time.Duration, error) {
 		}
 		s = strings.TrimSpace(str)
 	}
+	if strings.HasPrefix(s, "-") && decimal.MatchString(s[1:]) {
+		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token))
+	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("expires_in %s is not a number", mention(s, 32, true, token))
+	if err != nil || !decimal.MatchString(s) || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("expires_in %s is not a number", mention(red.apply(s), 32, true, token))
 	}
 	if f <= 0 {
 		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token))
@@ -231,21 +286,29 @@ func scopeString(raw json.RawMessage) string {
 
 // ParseError reads an error answer in whichever provider shape it has.
 func ParseError(status int, body []byte) error {
+	return parseError(status, body, redactor{})
+}
+
+// parseError is ParseError with red's secrets removed from the provider's
+// words before they are cut to the length of a log line (so that no part of
+// a secret survives at the cut).
+func parseError(status int, body []byte, red redactor) *ProviderError {
 	pe := &ProviderError{Status: status}
+	body = bytes.TrimPrefix(body, utf8BOM)
 	var m map[string]json.RawMessage
 	if json.Unmarshal(bytes.TrimSpace(body), &m) == nil {
-		pe.Code = firstField(m, "error", "errorCode", "error_code", "code")
-		pe.Description = firstField(m, "error_description", "message", "error_message", "errorMessage", "description")
+		pe.Code = firstField(m, red, "error", "errorCode", "error_code", "code")
+		pe.Description = firstField(m, red, "error_description", "message", "error_message", "errorMessage", "description")
 	}
 	if pe.Code == "" && pe.Description == "" {
-		pe.Description = describeBody(body)
+		pe.Description = describeBody(body, red)
 	}
 	return pe
 }
 
 // firstField returns the first of names present in m, as text (strings and
-// numbers), sanitized for a log line.
-func firstField(m map[string]json.RawMessage, names ...string) string {
+// numbers), redacted and sanitized for a log line.
+func firstField(m map[string]json.RawMessage, red redactor, names ...string) string {
 	for _, n := range names {
 		raw, ok := m[n]
 		if !ok {
@@ -253,11 +316,11 @@ func firstField(m map[string]json.RawMessage, names ...string) string {
 		}
 		var s string
 		if json.Unmarshal(raw, &s) == nil && s != "" {
-			return sanitize(s, 200)
+			return sanitize(red.apply(s), 200)
 		}
 		var num json.Number
 		if json.Unmarshal(raw, &num) == nil {
-			return sanitize(num.String(), 32)
+			return sanitize(red.apply(num.String()), 32)
 		}
 	}
 	return ""
@@ -265,8 +328,8 @@ func firstField(m map[string]json.RawMessage, names ...string) string {
 
 // describeBody summarizes a non-JSON error body: a short plain text is quoted,
 // anything else only measured.
-func describeBody(body []byte) string {
-	t := strings.TrimSpace(string(body))
+func describeBody(body []byte, red redactor) string {
+	t := strings.TrimSpace(red.apply(string(body)))
 	switch {
 	case t == "":
 		return "empty body"
@@ -275,6 +338,22 @@ func describeBody(body []byte) string {
 	default:
 		return fmt.Sprintf("non-JSON body of %d bytes", len(body))
 	}
+}
+
+// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP
+// date, at most MaxRetryAfter; zero when absent or unreadable.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), MaxRetryAfter)
 }
 
 // sanitize keeps s fit for one log line: printable runes only, at most max

@@ -1,0 +1,187 @@
+package grants
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// echoSecret has characters that each encoding writes differently: space,
+// quote, ampersand, angle brackets, slash, non-ASCII.
+const echoSecret = `s3cr"et &<ü>/+ x`
+
+// secretForms are the forms a secret goes out in: plain, URL-encoded
+// (form bodies), JSON-escaped with and without HTML escaping (JSON bodies).
+func secretForms(s string) []string {
+	j, _ := json.Marshal(s)
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return []string{s, url.QueryEscape(s), url.PathEscape(s),
+		strings.Trim(string(j), `"`), strings.Trim(strings.TrimSpace(b.String()), `"`)}
+}
+
+// TestEchoedSecretsRedacted: a provider that echoes the request it got (its
+// Authorization header and its body) in the error answer, in every shape
+// a provider's error takes, gets none of the client's secrets into the
+// error, in any form they were sent in: the contract's "no echo carries a
+// secret".
+func TestEchoedSecretsRedacted(t *testing.T) {
+	echo := func(status int, shape string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			body := string(lastBody(r))
+			seen := r.Header.Get("Authorization") + " " + body
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			switch shape {
+			case "rfc6749":
+				json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "got " + seen})
+			case "1nce":
+				json.NewEncoder(w).Encode(map[string]any{"statusCode": 400, "errorCode": "BadCredentials", "message": "request was: " + seen})
+			case "code":
+				json.NewEncoder(w).Encode(map[string]string{"error": seen})
+			case "plain":
+				fmt.Fprint(w, seen[:min(len(seen), 110)])
+			case "cut":
+				// The secret straddles the 200-byte cut of a description.
+				pad := strings.Repeat("p", 190)
+				json.NewEncoder(w).Encode(map[string]string{"error": "x", "error_description": pad + seen})
+			}
+		}
+	}
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"basic+form", Config{Grant: ClientCredentials, ClientID: "cid", ClientSecret: echoSecret, ClientAuth: AuthBasic, Body: BodyForm}},
+		{"body+form", Config{Grant: ClientCredentials, ClientID: "cid", ClientSecret: echoSecret, ClientAuth: AuthBody, Body: BodyForm}},
+		{"basic+json (1nce)", Config{Grant: ClientCredentials, Username: "api-user", Password: echoSecret, ClientAuth: AuthBasic, Body: BodyJSON}},
+		{"password grant, json", Config{Grant: Password, ClientID: "cid", ClientSecret: "client-" + echoSecret, Username: "owner", Password: "owner-" + echoSecret, ClientAuth: AuthBasic, Body: BodyJSON}},
+	} {
+		for _, status := range []int{http.StatusBadRequest, http.StatusOK} {
+			for _, shape := range []string{"rfc6749", "1nce", "code", "plain", "cut"} {
+				if status == http.StatusOK && shape != "rfc6749" && shape != "code" {
+					continue // a 200 is an error only with an error field
+				}
+				t.Run(fmt.Sprintf("%s/%d/%s", c.name, status, shape), func(t *testing.T) {
+					s := newServer(t, echo(status, shape))
+					cfg := c.cfg
+					cfg.TokenURL = s.URL + "/token"
+					cl := newClient(t, cfg)
+					_, err := cl.Token(context.Background())
+					if err == nil {
+						t.Fatal("the echo was taken for a token")
+					}
+					msg := err.Error()
+					id, secret := cfg.clientCredentials()
+					leaks := append(secretForms(secret), secretForms(cfg.Password)...)
+					leaks = append(leaks, base64.StdEncoding.EncodeToString([]byte(id+":"+secret)), "s3cr")
+					for _, l := range leaks {
+						if l != "" && strings.Contains(msg, l) {
+							t.Errorf("error %q carries %q, a form of a secret the client sent", msg, l)
+						}
+					}
+					if shape != "plain" && shape != "cut" && !strings.Contains(msg, Redacted) {
+						t.Errorf("error %q does not show where the provider echoed a secret", msg)
+					}
+				})
+			}
+		}
+	}
+}
+
+// lastBody is the body of a request newServer handed on.
+func lastBody(r *http.Request) []byte {
+	b, _ := io.ReadAll(r.Body)
+	return b
+}
+
+// TestEchoedRefreshAndLogoutTokensRedacted: the refresh token of a
+// refresh_token grant and the bearer token of a logout are redacted from
+// the provider's answer too.
+func TestEchoedRefreshAndLogoutTokensRedacted(t *testing.T) {
+	const refresh, bearer = "refresh-tok-Qw8/e+r", "bearer-tok-Zx7.y_z"
+	s := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant", "error_description": "refused " + r.Header.Get("Authorization") + " " + string(lastBody(r))})
+	})
+	cfg := presetConfig("telenor", s.URL+"/oauth/v2/token")
+	c := newClient(t, cfg)
+	_, err := c.Refresh(context.Background(), refresh)
+	if err == nil || strings.Contains(err.Error(), refresh) || strings.Contains(err.Error(), url.QueryEscape(refresh)) {
+		t.Errorf("refresh error %v shows the refresh token", err)
+	}
+	err = c.Logout(context.Background(), s.URL+"/oauth/v2/logout", &Token{AccessToken: bearer})
+	if err == nil || strings.Contains(err.Error(), bearer) {
+		t.Errorf("logout error %v shows the bearer token", err)
+	}
+}
+
+// TestRetryAfter: a 429 or 503 carries the provider's Retry-After, as
+// seconds or a date, at most an hour; other statuses do not.
+func TestRetryAfter(t *testing.T) {
+	date := time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)
+	for _, c := range []struct {
+		status   int
+		header   string
+		min, max time.Duration
+	}{
+		{429, "60", 60 * time.Second, 60 * time.Second},
+		{503, "120", 120 * time.Second, 120 * time.Second},
+		{429, date, 80 * time.Second, 90 * time.Second},
+		{429, "7200", time.Hour, time.Hour},
+		{429, "soon", 0, 0},
+		{500, "60", 0, 0},
+		{400, "60", 0, 0},
+	} {
+		s := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", c.header)
+			w.WriteHeader(c.status)
+		})
+		cl := newClient(t, presetConfig("oneio", s.URL+"/oauth2/token"))
+		_, err := cl.Token(context.Background())
+		pe, ok := errors.AsType[*ProviderError](err)
+		if !ok {
+			t.Fatalf("%d: %v is not a *ProviderError", c.status, err)
+		}
+		if pe.RetryAfter < c.min || pe.RetryAfter > c.max {
+			t.Errorf("%d with Retry-After %q: RetryAfter %v, want between %v and %v", c.status, c.header, pe.RetryAfter, c.min, c.max)
+		}
+	}
+}
+
+// TestErrorIn200: a 200 whose body is an RFC 6749 error is the provider's
+// error in its own words, and counts as a credential error when its code
+// is one (so it backs off as a 401 invalid_client would).
+func TestErrorIn200(t *testing.T) {
+	for _, c := range []struct {
+		body      string
+		wantMsg   string
+		wantCreds bool
+	}{
+		{`{"error":"invalid_client","error_description":"Client authentication failed"}`, "token endpoint answered 200 invalid_client: Client authentication failed", true},
+		{`{"error":"invalid_grant"}`, "token endpoint answered 200 invalid_grant", true},
+		{`{"error":"temporarily_unavailable","error_description":"try later"}`, "token endpoint answered 200 temporarily_unavailable: try later", false},
+	} {
+		s := newServer(t, respond(200, "application/json", c.body))
+		cl := newClient(t, presetConfig("oneio", s.URL+"/oauth2/token"))
+		_, err := cl.Token(context.Background())
+		pe, ok := errors.AsType[*ProviderError](err)
+		if !ok {
+			t.Fatalf("%s: %v (%T), want a *ProviderError", c.body, err, err)
+		}
+		if err.Error() != c.wantMsg || pe.Credentials() != c.wantCreds {
+			t.Errorf("%s: %q (credentials %v), want %q (credentials %v)", c.body, err, pe.Credentials(), c.wantMsg, c.wantCreds)
+		}
+	}
+}
