@@ -569,3 +569,64 @@ func TestEchoedSecretsNeverShown(t *testing.T) {
 		t.Errorf("the WARN line does not give the provider's words with the secret redacted")
 	}
 }
+
+// TestReloadLogoutsSideBySide: a reload that removes two Telenor sources
+// whose logout endpoint hangs returns without waiting for them, and the two
+// logouts are in flight at once (before: one after the other, each up to
+// its timeout, inside the reload).
+func TestReloadLogoutsSideBySide(t *testing.T) {
+	p := startProvider(t, emulator.Telenor)
+	b := startBackend(t, p)
+	var inFlight, most atomic.Int64
+	release := make(chan struct{})
+	logout := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer close(release)
+	g := startGateway(t, fmt.Sprintf(`
+	handle /one/* {
+		upstream_oauth telenor {
+			name logout-one
+			token_url %[1]s
+			logout_url %[2]s/logout
+			client_id client-telenor
+			client_secret secret-telenor-Zq8
+			username user-telenor
+			password password-telenor-Xk3
+			timeout 30s
+		}
+		reverse_proxy %[3]s
+	}
+	handle /two/* {
+		upstream_oauth telenor {
+			name logout-two
+			token_url %[1]s
+			logout_url %[2]s/logout
+			client_id client-telenor
+			client_secret secret-telenor-Zq8
+			username user-telenor
+			password password-telenor-Xk3
+			timeout 30s
+		}
+		reverse_proxy %[3]s
+	}
+`, p.TokenURL(), logout, b.URL()))
+	for _, path := range []string{"/one/x", "/two/x"} {
+		if status, _, _ := g.get(path); status != http.StatusOK {
+			t.Fatalf("%s: %d", path, status)
+		}
+	}
+	start := time.Now()
+	g.load("\trespond \"no sources\"\n") // returns only once the old config is cleaned up
+	t.Logf("the reload took %v with two logouts hanging (timeout 30s each)", time.Since(start).Round(time.Millisecond))
+	if !eventually(10*time.Second, func() bool { return most.Load() == 2 }) {
+		t.Errorf("logouts in flight at once: %d, want 2: the contract: logouts of many sources run side by side, and a reload waits for none", most.Load())
+	}
+}
