@@ -153,8 +153,19 @@ http://%[8]s {
 	if st := get(); st != http.StatusOK {
 		t.Fatalf("request after the failed reload: %d", st)
 	}
-	if code, body := admin(t, http.MethodPost, "/upstream_oauth/sources/"+name+"/renew"); code != http.StatusOK {
-		t.Fatalf("renew: %d %s", code, body)
+	// The admin endpoint is started anew after a failed load: a request
+	// just then may find its connection reset, so try until it answers.
+	renewed := eventually(10*time.Second, func() bool {
+		req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("http://localhost:%d/upstream_oauth/sources/%s/renew", adminPort, name), nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if !renewed {
+		t.Fatalf("the forced renewal through the admin API did not succeed")
 	}
 	if n := p.TokenRequests(); n != 2 {
 		t.Errorf("token requests: %d, want 2 (the first token and the forced renewal)", n)

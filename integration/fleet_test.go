@@ -34,14 +34,9 @@ type instance struct {
 // storage and a site that proxies to b with p's token, shared.
 func startInstance(t *testing.T, storage string, p *emulator.Provider, b *emulator.Backend) *instance {
 	t.Helper()
-	dir := t.TempDir()
-	in := &instance{
-		t:    t,
-		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		log:  filepath.Join(logDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), freePort(t))),
-		done: make(chan struct{}),
-	}
-	config := fmt.Sprintf(`{
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	log := filepath.Join(logDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), freePort(t)))
+	return startBinary(t, addr, log, fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	auto_https off
 	%s
@@ -53,7 +48,15 @@ func startInstance(t *testing.T, storage string, p *emulator.Provider, b *emulat
 http://%s {
 %s	reverse_proxy %s
 }
-`, freePort(t), storage, in.log, in.addr, block(p, "share"), b.URL())
+`, freePort(t), storage, log, addr, block(p, "share"), b.URL()))
+}
+
+// startBinary runs the xcaddy-built Caddy with config, which serves addr
+// and logs to log, until the test ends (SIGKILL, as a crash would).
+func startBinary(t *testing.T, addr, log, config string) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	in := &instance{t: t, addr: addr, log: log, done: make(chan struct{})}
 	file := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
 )
 
@@ -114,7 +112,10 @@ func TestRequestBodyStreams(t *testing.T) {
 
 // TestDuplexStreamH2C: a bidirectional stream over h2c (as gRPC's), each
 // message answered before the client sends the next, goes through the
-// gateway: nothing of the request is held back.
+// gateway: nothing of the request is held back. It runs the xcaddy binary:
+// under the race detector, Caddy v2.11.9's own reverse_proxy trips on an
+// h2 upstream stream (bodyNopCloserIfNotRead's Read and Close race in the
+// h2 transport's goroutines), which is not this module's to mend.
 func TestDuplexStreamH2C(t *testing.T) {
 	p := startProvider(t, emulator.OneNCE)
 	echo := &http.Server{
@@ -142,8 +143,8 @@ func TestDuplexStreamH2C(t *testing.T) {
 	t.Cleanup(func() { echo.Close() })
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
+	log := filepathJoinLog(t)
+	startBinary(t, addr, log, fmt.Sprintf(`{
 	admin localhost:%d
 	auto_https off
 	servers {
@@ -164,7 +165,7 @@ http://%s {
 		flush_interval -1
 	}
 }
-`, adminPort, filepathJoinLog(t), addr, p.TokenURL(), l.Addr()), "caddyfile")
+`, freePort(t), log, addr, p.TokenURL(), l.Addr()))
 
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
