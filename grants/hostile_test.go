@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -183,5 +185,55 @@ func TestErrorIn200(t *testing.T) {
 		if err.Error() != c.wantMsg || pe.Credentials() != c.wantCreds {
 			t.Errorf("%s: %q (credentials %v), want %q (credentials %v)", c.body, err, pe.Credentials(), c.wantMsg, c.wantCreds)
 		}
+	}
+}
+
+// TestMaxInFlightPerEndpoint: however many clients ask one token endpoint
+// at once, at most MaxInFlight requests are in flight to it; the others
+// wait their turn, each within its own context.
+func TestMaxInFlightPerEndpoint(t *testing.T) {
+	var inFlight, most atomic.Int64
+	release := make(chan struct{})
+	s := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		okAnswer(w, r)
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		cfg := presetConfig("oneio", s.URL+"/oauth2/token")
+		cfg.Username = fmt.Sprintf("tenant-%d", i) // a client (source) of its own
+		c := newClient(t, cfg)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Token(context.Background())
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for inFlight.Load() < MaxInFlight && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A request with a short deadline waits in the queue and gives up.
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := newClient(t, presetConfig("oneio", s.URL+"/oauth2/token")).Token(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a request whose deadline passes in the queue: %v, want a deadline error", err)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("a queued request failed: %v", err)
+		}
+	}
+	if m := most.Load(); m != MaxInFlight {
+		t.Errorf("most token requests in flight at once to one endpoint: %d, want %d", m, MaxInFlight)
 	}
 }

@@ -12,7 +12,10 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // MaxBody is the largest token endpoint answer that is read; a larger one is
@@ -21,9 +24,10 @@ const MaxBody = 1 << 20
 
 // Client requests tokens for one Config.
 type Client struct {
-	cfg Config
-	hc  *http.Client
-	red redactor // the secrets of cfg, out of every error
+	cfg   Config
+	hc    *http.Client
+	red   func() redactor // the secrets of cfg, out of every error (made when first needed)
+	slots *semaphore.Weighted
 }
 
 // DefaultTokenType is the token_type a response must carry, when it carries
@@ -42,7 +46,30 @@ func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = NewHTTPClient(nil)
 	}
-	return &Client{cfg: cfg, hc: hc, red: cfg.redactor()}, nil
+	return &Client{cfg: cfg, hc: hc, red: sync.OnceValue(cfg.redactor), slots: endpointSlots(cfg.TokenURL)}, nil
+}
+
+// MaxInFlight is the most token requests to one token endpoint in flight at
+// once, whatever the number of sources (clients) that use it: a cold start
+// of thousands of tenants does not flood the provider. Beyond it, requests
+// wait their turn in order (each within its own context's deadline).
+const MaxInFlight = 32
+
+// slots holds, per token endpoint (scheme, host and path), the token
+// requests in flight to it. Endpoints come from the config (token_url
+// takes no request placeholder), so the map stays as small as the config.
+var slots sync.Map // string → *semaphore.Weighted
+
+func endpointSlots(tokenURL string) *semaphore.Weighted {
+	key := tokenURL
+	if u, err := url.Parse(tokenURL); err == nil {
+		key = u.Scheme + "://" + u.Host + u.Path
+	}
+	if s, ok := slots.Load(key); ok {
+		return s.(*semaphore.Weighted)
+	}
+	s, _ := slots.LoadOrStore(key, semaphore.NewWeighted(MaxInFlight))
+	return s.(*semaphore.Weighted)
 }
 
 // redactor removes c's secrets from provider text: the client secret (also
@@ -97,13 +124,13 @@ func newTransport(tlsConfig *tls.Config) *http.Transport {
 // Token requests a new token with the configured grant.
 func (c *Client) Token(ctx context.Context) (*Token, error) {
 	fields := c.grantFields()
-	return c.do(ctx, fields, c.red)
+	return c.do(ctx, fields, c.red())
 }
 
 // Refresh requests a new token with the refresh_token grant.
 func (c *Client) Refresh(ctx context.Context, refreshToken string) (*Token, error) {
 	fields := append([][2]string{{"grant_type", string(RefreshToken)}, {"refresh_token", refreshToken}}, c.clientBodyFields()...)
-	return c.do(ctx, fields, c.red.plus(refreshToken))
+	return c.do(ctx, fields, c.red().plus(refreshToken))
 }
 
 // Logout calls logoutURL with GET and the token as bearer, as Telenor
@@ -122,7 +149,7 @@ func (c *Client) Logout(ctx context.Context, logoutURL string, tok *Token) error
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return parseError(resp.StatusCode, body, c.red.plus(tok.AccessToken))
+		return parseError(resp.StatusCode, body, c.red().plus(tok.AccessToken))
 	}
 	return nil
 }
@@ -210,6 +237,12 @@ func (c *Client) do(ctx context.Context, fields [][2]string, red redactor) (*Tok
 	if err != nil {
 		return nil, err
 	}
+	// Wait for one of the endpoint's slots: the wait counts against ctx
+	// (the token request's timeout), so a queue never outlasts it.
+	if err := c.slots.Acquire(ctx, 1); err != nil {
+		return nil, &TransportError{Err: fmt.Errorf("waiting for one of the %d token requests in flight to this endpoint: %w", MaxInFlight, err)}
+	}
+	defer c.slots.Release(1)
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
