@@ -23,6 +23,12 @@ import (
 //	caddy_upstream_oauth_upstream_renewals_total{source,status}
 //	caddy_upstream_oauth_no_token_responses_total{source}
 //	caddy_upstream_oauth_storage_lookups_total{source,result}
+//	caddy_upstream_oauth_sources{source}                     (per-request credentials)
+//	caddy_upstream_oauth_sources_created_total{source}
+//	caddy_upstream_oauth_sources_evicted_total{source,reason}
+//
+// A handler with per-request credentials labels all its sources' series
+// with the handler's name, however many tenants it serves.
 var metrics = struct {
 	tokenRequests   *prometheus.CounterVec
 	tokenDuration   *prometheus.HistogramVec
@@ -30,6 +36,9 @@ var metrics = struct {
 	upstreamRenewal *prometheus.CounterVec
 	noToken         *prometheus.CounterVec
 	storageLookups  *prometheus.CounterVec
+	sourcesLive     *prometheus.GaugeVec
+	sourcesCreated  *prometheus.CounterVec
+	sourcesEvicted  *prometheus.CounterVec
 }{
 	tokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metricsNS, Subsystem: metricsSub,
@@ -61,6 +70,57 @@ var metrics = struct {
 		Name: "storage_lookups_total",
 		Help: "Lookups of a usable token in shared storage (share), by source and result: hit or miss.",
 	}, []string{"source", "result"}),
+	sourcesLive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "sources",
+		Help: "Token sources a handler with per-request credentials holds, one per tenant, by the handler's name.",
+	}, []string{"source"}),
+	sourcesCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "sources_created_total",
+		Help: "Token sources made for tenants of a handler with per-request credentials, by the handler's name.",
+	}, []string{"source"}),
+	sourcesEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNS, Subsystem: metricsSub,
+		Name: "sources_evicted_total",
+		Help: "Tenants' token sources stopped to keep within max_sources (reason capacity) or after an hour unused (reason idle), by the handler's name.",
+	}, []string{"source", "reason"}),
+}
+
+// Reasons a tenant's source is evicted, the reason label.
+const (
+	evictedCapacity = "capacity"
+	evictedIdle     = "idle"
+)
+
+// tenantMetrics are the series of one handler's tenant sources.
+type tenantMetrics struct {
+	live    prometheus.Gauge
+	created prometheus.Counter
+	evicted *prometheus.CounterVec
+}
+
+// tenantStats returns the series of the handler named name, made at zero.
+func tenantStats(name string) *tenantMetrics {
+	m := &tenantMetrics{
+		live:    metrics.sourcesLive.WithLabelValues(name),
+		created: metrics.sourcesCreated.WithLabelValues(name),
+		evicted: metrics.sourcesEvicted.MustCurryWith(prometheus.Labels{"source": name}),
+	}
+	m.evicted.WithLabelValues(evictedCapacity)
+	m.evicted.WithLabelValues(evictedIdle)
+	initSourceMetrics(name)
+	return m
+}
+
+// forgetTenantStats drops the series of the handler named name, once its
+// table is gone (a reload that keeps the handler keeps the table).
+func forgetTenantStats(name string) {
+	labels := prometheus.Labels{"source": name}
+	metrics.sourcesLive.DeletePartialMatch(labels)
+	metrics.sourcesCreated.DeletePartialMatch(labels)
+	metrics.sourcesEvicted.DeletePartialMatch(labels)
+	forgetSourceMetrics(name)
 }
 
 const (
@@ -93,6 +153,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	for _, c := range []prometheus.Collector{
 		metrics.tokenRequests, metrics.tokenDuration, metrics.tokenExpiry,
 		metrics.upstreamRenewal, metrics.noToken, metrics.storageLookups,
+		metrics.sourcesLive, metrics.sourcesCreated, metrics.sourcesEvicted,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

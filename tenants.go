@@ -1,0 +1,231 @@
+package upstreamoauth
+
+import (
+	"container/list"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Per-request credentials (product.md, "Per-request credentials"): a
+// handler whose credential fields carry request placeholders keeps a
+// tenantTable, one token source per distinct set of resolved credentials,
+// made on first use.
+//
+// What identifies a tenant's source: the values, for the request, of every
+// credential field that carries a request placeholder, the secrets among
+// them included (client_secret, password, and the values of param and
+// token_header), each length-prefixed so that no two sets of values make
+// the same key. Only the secrets can tell a client that knows another
+// tenant's client id from that tenant: a key without them would hand a
+// request the token of credentials other than its own. The fields without
+// request placeholders are the same for every tenant, and are not read per
+// request; nor is name, which is only read when a source is made.
+//
+// The table is kept in the sources pool under the handler's key (its
+// settings, the fields' templates included), so a reload that leaves the
+// handler as it is keeps every tenant's source and token.
+type tenantTable struct {
+	name  string         // the handler's name: the label of its sources' metrics
+	keyOf []template     // the dynamic credential fields, in key order
+	make  tenantMaker    // makes the source of a request's tenant
+	max   int            // max_sources
+	idle  time.Duration  // unused this long, a source is stopped
+	tick  time.Duration  // how often idle sources are looked for
+	clock atomic.Int64   // ticks since the table was made, advanced by the janitor
+	keys  sync.Pool      // *[]byte buffers for keys
+	stats *tenantMetrics // created, evicted, live
+
+	mu      sync.Mutex
+	entries map[string]*list.Element // key → element of lru, holding a *tenant
+	lru     list.List                // most recently used first
+	timer   *time.Timer
+	closed  bool
+}
+
+// tenantMaker makes the source of the tenant whose request has repl, or
+// returns errIncomplete.
+type tenantMaker func(repl *caddy.Replacer) (*pooledSource, error)
+
+// errIncomplete is a request whose credentials resolve incomplete: it is
+// answered 403, and no token is requested.
+var errIncomplete = errors.New("the request's credentials are incomplete")
+
+// tenant is a table's entry: a tenant's source and its header value.
+type tenant struct {
+	key      string
+	src      *pooledSource
+	value    headerValue
+	lastUsed atomic.Int64 // the table's clock when last used
+}
+
+// Defaults of the tenant table.
+const (
+	defaultMaxSources = 10000
+	defaultIdle       = time.Hour
+)
+
+func newTenantTable(name string, keyOf []template, maker tenantMaker, maxSources int, idle time.Duration) *tenantTable {
+	t := &tenantTable{name: name, keyOf: keyOf, make: maker, max: maxSources, idle: idle, entries: map[string]*list.Element{}}
+	t.tick = max(idle/60, time.Second)
+	t.keys.New = func() any { b := make([]byte, 0, 128); return &b }
+	t.stats = tenantStats(name)
+	t.timer = time.AfterFunc(t.tick, t.sweep)
+	return t
+}
+
+// source returns the source of the tenant whose request has repl, making it
+// on first use.
+func (t *tenantTable) source(repl *caddy.Replacer) (*tenant, error) {
+	bp := t.keys.Get().(*[]byte)
+	key := t.appendKey((*bp)[:0], repl)
+	t.mu.Lock()
+	if el, ok := t.entries[string(key)]; ok {
+		t.lru.MoveToFront(el)
+		t.mu.Unlock()
+		*bp = key
+		t.keys.Put(bp)
+		tn := el.Value.(*tenant)
+		if now := t.clock.Load(); tn.lastUsed.Load() != now {
+			tn.lastUsed.Store(now)
+		}
+		return tn, nil
+	}
+	t.mu.Unlock()
+	ks := string(key)
+	*bp = key
+	t.keys.Put(bp)
+	return t.add(ks, repl)
+}
+
+// appendKey appends the key of the request's tenant: each dynamic field's
+// value, after its length.
+func (t *tenantTable) appendKey(dst []byte, repl *caddy.Replacer) []byte {
+	for _, f := range t.keyOf {
+		at := len(dst)
+		dst = append(dst, 0, 0, 0, 0)
+		dst = f.appendValue(dst, repl)
+		binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	}
+	return dst
+}
+
+// add makes the source of a tenant not in the table yet. Two requests of
+// one new tenant at once make one source: the second finds the first's.
+func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
+	src, err := t.make(repl)
+	if err != nil {
+		return nil, err
+	}
+	tn := &tenant{key: key, src: src}
+	tn.lastUsed.Store(t.clock.Load())
+	var evicted []*tenant
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		stopTenantSource(src)
+		return nil, errTableClosed
+	}
+	if el, ok := t.entries[key]; ok { // made meanwhile
+		t.lru.MoveToFront(el)
+		t.mu.Unlock()
+		stopTenantSource(src)
+		return el.Value.(*tenant), nil
+	}
+	t.entries[key] = t.lru.PushFront(tn)
+	for t.lru.Len() > t.max {
+		evicted = append(evicted, t.removeLocked(t.lru.Back()))
+	}
+	live := t.lru.Len()
+	t.mu.Unlock()
+	t.stats.created.Inc()
+	t.stats.live.Set(float64(live))
+	for _, e := range evicted {
+		t.stats.evicted.WithLabelValues(evictedCapacity).Inc()
+		stopTenantSource(e.src)
+	}
+	return tn, nil
+}
+
+// errTableClosed is answered by a table that its handler's config has let
+// go of, for the moment a request still uses it.
+var errTableClosed = errors.New("the handler's token sources are stopped")
+
+func (t *tenantTable) removeLocked(el *list.Element) *tenant {
+	tn := t.lru.Remove(el).(*tenant)
+	delete(t.entries, tn.key)
+	return tn
+}
+
+// sweep advances the table's clock and stops the sources unused for idle.
+func (t *tenantTable) sweep() {
+	now := t.clock.Add(1)
+	cutoff := now - int64(t.idle/t.tick)
+	var idle []*tenant
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	for el := t.lru.Back(); el != nil; {
+		tn := el.Value.(*tenant)
+		if tn.lastUsed.Load() > cutoff {
+			break
+		}
+		prev := el.Prev()
+		idle = append(idle, t.removeLocked(el))
+		el = prev
+	}
+	live := t.lru.Len()
+	t.timer.Reset(t.tick)
+	t.mu.Unlock()
+	if len(idle) > 0 {
+		t.stats.live.Set(float64(live))
+		t.stats.evicted.WithLabelValues(evictedIdle).Add(float64(len(idle)))
+		for _, e := range idle {
+			stopTenantSource(e.src)
+		}
+	}
+}
+
+// sources lists the table's sources.
+func (t *tenantTable) sources() []*pooledSource {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*pooledSource, 0, t.lru.Len())
+	for el := t.lru.Front(); el != nil; el = el.Next() {
+		out = append(out, el.Value.(*tenant).src)
+	}
+	return out
+}
+
+// Destruct stops every source of the table, once no handler uses it (as a
+// reload or a stop does to a static source).
+func (t *tenantTable) Destruct() error {
+	t.mu.Lock()
+	t.closed = true
+	t.timer.Stop()
+	all := make([]*tenant, 0, t.lru.Len())
+	for el := t.lru.Front(); el != nil; el = el.Next() {
+		all = append(all, el.Value.(*tenant))
+	}
+	t.lru.Init()
+	clear(t.entries)
+	t.mu.Unlock()
+	for _, tn := range all {
+		stopTenantSource(tn.src)
+	}
+	forgetTenantStats(t.name)
+	return nil
+}
+
+// stopTenantSource stops a tenant's source as a reload stops a source that
+// leaves the config: its token is logged out unless it is shared.
+func stopTenantSource(p *pooledSource) {
+	p.Stop(!p.info.Share)
+	pendingLogouts.Go(p.WaitLogouts)
+}
