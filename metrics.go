@@ -136,6 +136,7 @@ func resultOf(err error) string {
 		pe *grants.ProviderError
 		re *grants.ResponseError
 		te *grants.TransportError
+		de *grants.DiscoveryError
 	)
 	switch {
 	case err == nil:
@@ -150,6 +151,8 @@ func resultOf(err error) string {
 		return resultInvalidResponse
 	case errors.As(err, &te):
 		return resultTransportError
+	case errors.As(err, &de): // metadata that answered but was unusable
+		return resultInvalidResponse
 	}
 	return resultError
 }

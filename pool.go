@@ -29,11 +29,13 @@ type pooledSource struct {
 
 // sourceInfo describes a token source to every view of it (the admin API,
 // events, metrics): computed once, when the source is made, and free of
-// secrets. TokenURL is as displayURL shows it.
+// secrets. TokenURL is as displayURL shows it: empty when the token
+// endpoint is discovered from Issuer (which is empty otherwise).
 type sourceInfo struct {
 	Name     string           `json:"name"`
 	Provider string           `json:"provider,omitempty"`
 	TokenURL string           `json:"token_url"`
+	Issuer   string           `json:"issuer,omitempty"`
 	Grant    grants.GrantType `json:"grant"`
 	ClientID string           `json:"client_id,omitempty"`
 	Scopes   []string         `json:"scopes,omitempty"`
@@ -42,7 +44,7 @@ type sourceInfo struct {
 
 // describe is the sourceInfo of the source made from s.
 func describe(s settings) sourceInfo {
-	return sourceInfo{
+	info := sourceInfo{
 		Name:     s.Name,
 		Provider: s.Provider,
 		TokenURL: displayURL(s.Grants.TokenURL),
@@ -51,6 +53,10 @@ func describe(s settings) sourceInfo {
 		Scopes:   s.Grants.Scopes,
 		Share:    s.Share,
 	}
+	if s.Grants.TokenURL == "" {
+		info.Issuer = displayURL(s.Grants.Issuer)
+	}
+	return info
 }
 
 // newPooledSource builds the token client and source for s.
@@ -81,6 +87,11 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 		material, err := json.Marshal(s.Grants) //nolint:gosec // G117: key material, never stored or shown
 		if err != nil {
 			return nil, err
+		}
+		if a := s.Grants.Assertion; a != nil && a.Key != "" {
+			// With private_key_jwt the key is the secret: its digest
+			// stands in for it (the config holds only its path).
+			material = append(material, s.Files[a.Key]...)
 		}
 		if shared, err = cache.NewShared(material); err != nil {
 			return nil, fmt.Errorf("share: %v", err)
