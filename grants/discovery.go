@@ -158,12 +158,12 @@ func (d *discovery) fetch(ctx context.Context, metadataURL string) (string, erro
 	req.Header.Set("Accept", "application/json")
 	resp, err := d.hc.Do(req)
 	if err != nil {
-		return "", &TransportError{Err: scrubURLError(err)}
+		return "", &TransportError{Endpoint: "the issuer", Err: scrubURLError(err)}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
 	if err != nil {
-		return "", &TransportError{Err: fmt.Errorf("reading metadata: %w", scrubURLError(err))}
+		return "", &TransportError{Endpoint: "the issuer", Err: fmt.Errorf("reading metadata: %w", scrubURLError(err))}
 	}
 	switch {
 	case len(body) > MaxBody:

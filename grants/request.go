@@ -281,9 +281,19 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string) (*
 
 // TransportError is a token request that got no answer: connection refused
 // or reset, TLS failure, timeout.
-type TransportError struct{ Err error }
+type TransportError struct {
+	Err error
+	// Endpoint names what did not answer; empty: the token endpoint.
+	Endpoint string
+}
 
-func (e *TransportError) Error() string { return "no answer from the token endpoint: " + e.Err.Error() }
+func (e *TransportError) Error() string {
+	what := e.Endpoint
+	if what == "" {
+		what = "the token endpoint"
+	}
+	return "no answer from " + what + ": " + e.Err.Error()
+}
 func (e *TransportError) Unwrap() error { return e.Err }
 
 // scrubURLError drops the URL from a *url.Error: query strings may carry
