@@ -88,10 +88,13 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 		if err != nil {
 			return nil, err
 		}
-		if a := s.Grants.Assertion; a != nil && a.Key != "" {
-			// With private_key_jwt the key is the secret: its digest
-			// stands in for it (the config holds only its path).
+		// With private_key_jwt and tls_client_auth the client's secret is
+		// a key the config names only by its path: its digest stands in.
+		switch a := s.Grants.Assertion; {
+		case s.Grants.ClientAuth == grants.AuthPrivateKeyJWT && a != nil:
 			material = append(material, s.Files[a.Key]...)
+		case s.Grants.ClientAuth == grants.AuthTLSClient && s.TLS != nil:
+			material = append(material, s.Files[s.TLS.ClientKey]...)
 		}
 		if shared, err = cache.NewShared(material); err != nil {
 			return nil, fmt.Errorf("share: %v", err)

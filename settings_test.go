@@ -4,10 +4,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -73,5 +76,65 @@ func TestSettingsKeyFollowsKeyFile(t *testing.T) {
 	writeKey()
 	if rotated := key(); rotated == first {
 		t.Errorf("a new key in the same file kept the source key: a reload would keep signing with the old key")
+	}
+}
+
+// writeKeyPair writes a new Ed25519 key and a self-signed certificate of it
+// to keyPath and certPath.
+func writeKeyPair(t *testing.T, keyPath, certPath string) {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gw"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	cert, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, block := range map[string]*pem.Block{keyPath: {Type: "PRIVATE KEY", Bytes: der}, certPath: {Type: "CERTIFICATE", Bytes: cert}} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestShareKeyedByTheKey: with share, the record of a private_key_jwt or
+// tls_client_auth source is keyed and encrypted with the key's content, not
+// only its path (the config holds no other secret): another key in the same
+// file is another record.
+func TestShareKeyedByTheKey(t *testing.T) {
+	if err := benchConfigOnce(); err != nil { // a running config, for the context
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	keyPath, certPath := filepath.Join(dir, "key.pem"), filepath.Join(dir, "cert.pem")
+	for _, h := range []Handler{
+		{TokenURL: "https://idp.example.com/token", ClientID: "gw", ClientAuth: "private_key_jwt", Share: true, Assertion: &Assertion{Key: keyPath}},
+		{TokenURL: "https://idp.example.com/token", ClientID: "gw", ClientAuth: "tls_client_auth", Share: true, TLS: &TLS{ClientCert: certPath, ClientKey: keyPath}},
+	} {
+		t.Run(h.ClientAuth, func(t *testing.T) {
+			storageKey := func() string {
+				writeKeyPair(t, keyPath, certPath)
+				s, err := h.settings(caddy.NewReplacer())
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.digestFiles()
+				p, err := newPooledSource(ctx, s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer p.Destruct()
+				return p.shared.Key()
+			}
+			if storageKey() == storageKey() {
+				t.Errorf("two keys in the same file share one record: anyone who knows the config could read the token")
+			}
+		})
 	}
 }

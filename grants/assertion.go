@@ -100,7 +100,7 @@ const (
 	// credential for as long as it lives.
 	MaxAssertionLifetime = time.Hour
 	// JWTBearer is the client_assertion_type of RFC 7523.
-	JWTBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	JWTBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" //nolint:gosec // G101: a URN, not a credential
 	// maxKeyFile bounds a key or certificate file.
 	maxKeyFile = 1 << 20
 	// minRSABits is the smallest RSA key accepted (RFC 7518 section 3.3).

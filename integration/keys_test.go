@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -935,5 +936,89 @@ func TestBinaryValidateIssuerNoRequest(t *testing.T) {
 	want := "alg EdDSA needs an Ed25519 key; this is an RSA 2048-bit key"
 	if err == nil || !strings.Contains(out, want) || holdsKeyMaterial(out, keyPath) {
 		t.Errorf("caddy validate of a key that does not fit alg: %v; want a failure saying %q, no key material:\n%s", err, want, out)
+	}
+}
+
+// startKeysInstance runs the xcaddy-built Caddy with config (its log at
+// logFile, in the leak check's directory) as one instance of a fleet.
+func startKeysInstance(t *testing.T, config, addr, logFile string) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	in := &instance{t: t, addr: addr, log: logFile, done: make(chan struct{})}
+	file := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in.cmd = exec.Command(caddyBinary(t), "run", "--config", file)
+	out, err := os.Create(filepath.Join(dir, "stdout.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.cmd.Stdout, in.cmd.Stderr = out, out
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = in.cmd.Wait()
+		out.Close()
+		close(in.done)
+	}()
+	t.Cleanup(in.kill)
+	if !eventually(20*time.Second, func() bool { return in.get("/up") != 0 }) {
+		t.Fatalf("instance did not start:\n%s", must(os.ReadFile(filepath.Join(dir, "stdout.log"))))
+	}
+	return in
+}
+
+// TestKeysFleetShared: two Caddy processes sharing a file_system storage
+// and a private_key_jwt source with issuer make one discovery and one
+// token request between them; the second takes the token from storage.
+func TestKeysFleetShared(t *testing.T) {
+	key := keysEd()
+	idp := startIdP(t, emulator.IdPConfig{ClientID: keysClient, Auth: emulator.PrivateKeyJWT, PublicKey: key.Public(), Alg: "EdDSA", IssuerPath: keysIssuerPath})
+	b := startIdPBackend(t, idp)
+	keyPath := keyFile(t, "pkcs8", key)
+	storage := t.TempDir()
+	var fleet []*instance
+	for i := range 2 {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		logFile := filepath.Join(logDir, fmt.Sprintf("%s-%d.log", t.Name(), i))
+		fleet = append(fleet, startKeysInstance(t, fmt.Sprintf(`{
+	admin off
+	auto_https off
+	storage file_system %s
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://%s {
+	upstream_oauth /api* {
+		issuer %s
+		client_id gateway-client
+		client_auth private_key_jwt
+		assertion {
+			key %s
+		}
+		share
+	}
+	respond /up "up"
+	reverse_proxy %s
+}
+`, storage, logFile, addr, idp.Issuer(), keyPath, b.URL()), addr, logFile))
+	}
+	for i, in := range fleet {
+		for range 3 {
+			if status := in.get("/api"); status != http.StatusOK {
+				t.Fatalf("instance %d: status %d, want 200", i, status)
+			}
+		}
+	}
+	if idp.TokenRequests() != 1 || idp.RFC8414Requests() != 1 || idp.OIDCRequests() != 0 {
+		t.Errorf("token %d, RFC 8414 %d, OIDC %d requests from the fleet; want 1, 1, 0 (one instance fetched, the other shared)",
+			idp.TokenRequests(), idp.RFC8414Requests(), idp.OIDCRequests())
+	}
+	if b.Accepted() != 6 || b.Rejected() != 0 {
+		t.Errorf("backend accepted %d and rejected %d of 6 requests", b.Accepted(), b.Rejected())
 	}
 }
