@@ -17,7 +17,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"math/big"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -650,5 +653,27 @@ func BenchmarkAssertion(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestAssertionEchoWithheld: a provider error that quotes the assertion
+// it was sent (an echoing endpoint) reaches the caller without it.
+func TestAssertionEchoWithheld(t *testing.T) {
+	var s *server
+	s = newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		reqs := s.requests() // the body is read by the recorder
+		form, _ := url.ParseQuery(string(reqs[len(reqs)-1].Body))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		jwt := form.Get("client_assertion")
+		sig := jwt[strings.LastIndexByte(jwt, '.')+1:]
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "bad signature " + sig[:40]})
+	})
+	c := keyConfig(t, pkcs8(t, edKey()), "")
+	c.TokenURL = s.URL + "/token"
+	_, err := newClient(t, c).Token(context.Background())
+	pe, ok := errors.AsType[*ProviderError](err)
+	if !ok || pe.Code != "invalid_client" || pe.Description != "(withheld: it quotes the client assertion)" {
+		t.Fatalf("error %v, want invalid_client with the description withheld", err)
 	}
 }

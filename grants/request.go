@@ -274,9 +274,42 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string) (*
 		return nil, &ResponseError{Status: resp.StatusCode, Reason: fmt.Sprintf("redirect (status %d) refused: token requests do not follow redirects", resp.StatusCode)}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, ParseError(resp.StatusCode, body)
+		return nil, withholdAssertion(ParseError(resp.StatusCode, body), fields)
 	}
 	return ParseToken(body, resp.Header.Get("Content-Type"), c.cfg.TokenType, c.cfg.DefaultTTL, start)
+}
+
+// withholdAssertion withholds the fields of a provider's error that quote
+// the signature of the client assertion the request carried (a provider
+// that echoes the request), so that no log line carries a usable
+// assertion.
+func withholdAssertion(err error, fields [][2]string) error {
+	pe, ok := err.(*ProviderError) //nolint:errorlint // ParseError's own type, unwrapped
+	if !ok {
+		return err
+	}
+	for _, f := range fields {
+		if f[0] != "client_assertion" {
+			continue
+		}
+		sig := f[1][strings.LastIndexByte(f[1], '.')+1:]
+		for _, field := range []*string{&pe.Code, &pe.Description} {
+			if sharesRun(*field, sig, 16) {
+				*field = "(withheld: it quotes the client assertion)"
+			}
+		}
+	}
+	return pe
+}
+
+// sharesRun reports whether s holds n or more bytes in a row of secret.
+func sharesRun(s, secret string, n int) bool {
+	for i := 0; i+n <= len(secret); i++ {
+		if strings.Contains(s, secret[i:i+n]) {
+			return true
+		}
+	}
+	return false
 }
 
 // TransportError is a token request that got no answer: connection refused
