@@ -36,13 +36,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		client_secret  <value>
 //		username       <value>
 //		password       <value>
-//		client_auth    basic|body|none
+//		client_auth    basic|body|none|private_key_jwt|client_secret_jwt|tls_client_auth
 //		body           form|json
 //		scope          <scope...>
 //		audience       <value>
 //		param          <name> <value>
 //		token_header   <name> <value>
 //		logout_url     <url>
+//		issuer         <url>
+//		assertion {
+//			key        <pem file>
+//			alg        <alg>
+//			kid        <key id>
+//			x5t        <cert pem file>
+//			audience   <value>
+//			lifetime   <duration>
+//			claim      <name> <value>
+//		}
 //		refresh_ahead  <duration>|<percent>
 //		default_ttl    <duration>
 //		timeout        <duration>
@@ -57,8 +67,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //	}
 //
+// client_auth also takes the RFC 7591 names client_secret_basic (basic) and
+// client_secret_post (body); alg is one of RS256, RS384, RS512, PS256,
+// PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512.
+//
 // Settings that can be checked without expanding placeholders are checked
 // here, so that a bad Caddyfile fails at adapt time with its file and line.
+// No file is read and no request made: the assertion's key is read at
+// provision time, the issuer's metadata when the first token is needed.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -119,6 +135,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 		return oneArg(d, &h.TokenURL)
 	case "logout_url":
 		return oneArg(d, &h.LogoutURL)
+	case "issuer":
+		return oneArg(d, &h.Issuer)
 	case "grant":
 		return oneOf(d, sub, &h.Grant, grants.ParseGrant, grants.Grants)
 	case "client_id":
@@ -222,6 +240,12 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 		}
 		h.TLS = new(TLS)
 		return h.TLS.unmarshalCaddyfile(d)
+	case "assertion":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.Assertion = new(Assertion)
+		return h.Assertion.unmarshalCaddyfile(d)
 	default:
 		return d.Errf("unrecognized subdirective '%s'", sub)
 	}
@@ -255,17 +279,75 @@ func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// unmarshalCaddyfile reads the assertion block.
+func (a *Assertion) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] && sub != "claim" {
+			return d.Errf("assertion subdirective '%s' given more than once", sub)
+		}
+		seen[sub] = true
+		var err error
+		switch sub {
+		case "key":
+			err = oneArg(d, &a.Key)
+		case "alg":
+			if err = oneArg(d, &a.Alg); err == nil && !hasPlaceholder(a.Alg) {
+				if _, perr := grants.ParseAlg(a.Alg); perr != nil {
+					err = d.Errf("%v", perr)
+				}
+			}
+		case "kid":
+			err = oneArg(d, &a.Kid)
+		case "x5t":
+			err = oneArg(d, &a.X5T)
+		case "audience":
+			err = oneArg(d, &a.Audience)
+		case "lifetime":
+			err = durationArg(d, &a.Lifetime)
+		case "claim":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if a.Claim == nil {
+				a.Claim = map[string]string{}
+			}
+			if _, dup := a.Claim[args[0]]; dup {
+				return d.Errf("claim '%s' given more than once", args[0])
+			}
+			a.Claim[args[0]] = args[1]
+		default:
+			return d.Errf("unrecognized assertion subdirective '%s'", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkStatic resolves the settings with every placeholder standing for a
 // harmless value, so what can be known before start-up is checked at adapt
 // time: presets, grants and their credentials, URLs without placeholders.
 func (h *Handler) checkStatic() error {
 	probe := *h
-	for _, u := range []*string{&probe.TokenURL, &probe.LogoutURL} {
+	for _, u := range []*string{&probe.TokenURL, &probe.LogoutURL, &probe.Issuer} {
 		if hasPlaceholder(*u) {
 			*u = "https://placeholder.invalid/"
 		}
 	}
-	for _, v := range []*string{&probe.Grant, &probe.ClientAuth, &probe.Body, &probe.RefreshAhead} {
+	if hasPlaceholder(probe.ClientAuth) {
+		// Checked at provision time, with what goes with the method.
+		probe.ClientAuth, probe.Assertion = string(grants.AuthNone), nil
+	}
+	if a := probe.Assertion; a != nil && hasPlaceholder(a.Alg) {
+		probeA := *a
+		probeA.Alg = "" // checked at provision time
+		probe.Assertion = &probeA
+	}
+	for _, v := range []*string{&probe.Grant, &probe.Body, &probe.RefreshAhead} {
 		if hasPlaceholder(*v) {
 			*v = "" // checked at provision time
 		}

@@ -57,6 +57,34 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"block after token_url", "upstream_oauth {\n\ttoken_url https://a.example/t {\n\t}\n}", `subdirective 'token_url' takes values on its line, not a block`},
 		{"block after share", "upstream_oauth 1nce {\n\tshare {\n\t\tttl 5m\n\t}\n}", `subdirective 'share' takes values on its line, not a block`},
 		{"renew_on off with statuses", "upstream_oauth 1nce {\n\trenew_on off 401\n}", `renew_on off takes no status codes`},
+
+		// Client authentication with keys, issuer discovery.
+		{"unknown assertion subdirective", "upstream_oauth {\n\tassertion {\n\t\tpassphrase x\n\t}\n}", `unrecognized assertion subdirective 'passphrase'`},
+		{"assertion with an argument", "upstream_oauth {\n\tassertion key.pem {\n\t}\n}", `wrong argument count`},
+		{"alg none", "upstream_oauth {\n\tassertion {\n\t\talg none\n\t}\n}", `alg none is refused: an unsigned assertion proves nothing`},
+		{"alg None", "upstream_oauth {\n\tassertion {\n\t\talg None\n\t}\n}", `alg none is refused`},
+		{"unknown alg", "upstream_oauth {\n\tassertion {\n\t\talg RS999\n\t}\n}", `unknown alg "RS999" (want RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384 or HS512)`},
+		{"assertion key twice", "upstream_oauth {\n\tassertion {\n\t\tkey a.pem\n\t\tkey b.pem\n\t}\n}", `assertion subdirective 'key' given more than once`},
+		{"assertion key arity", "upstream_oauth {\n\tassertion {\n\t\tkey a.pem b.pem\n\t}\n}", `wrong argument count`},
+		{"claim arity", "upstream_oauth {\n\tassertion {\n\t\tclaim tenant\n\t}\n}", `wrong argument count`},
+		{"duplicate claim", "upstream_oauth {\n\tassertion {\n\t\tclaim tenant a\n\t\tclaim tenant b\n\t}\n}", `claim 'tenant' given more than once`},
+		{"bad lifetime", "upstream_oauth {\n\tassertion {\n\t\tlifetime soon\n\t}\n}", `bad duration 'soon'`},
+		{"two assertion blocks", "upstream_oauth {\n\tassertion {\n\t}\n\tassertion {\n\t}\n}", `subdirective 'assertion' given more than once`},
+		{"private_key_jwt without key", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth private_key_jwt\n}", `client_auth private_key_jwt needs assertion { key <pem file> }`},
+		{"private_key_jwt with client_secret", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_secret b\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /k.pem\n\t}\n}", `client_auth private_key_jwt sends no secret: remove client_secret`},
+		{"private_key_jwt with HS256", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /k.pem\n\t\talg HS256\n\t}\n}", `alg HS256 signs with the client secret`},
+		{"assertion with basic", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_secret b\n\tassertion {\n\t\tkey /k.pem\n\t}\n}", `assertion is only used with client_auth private_key_jwt or client_secret_jwt`},
+		{"reserved claim", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /k.pem\n\t\tclaim aud https://x\n\t}\n}", `assertion claim "aud" is set by the module itself`},
+		{"lifetime over an hour", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /k.pem\n\t\tlifetime 2h\n\t}\n}", `assertion lifetime must be at most 1h0m0s`},
+		{"client_secret_jwt with RS256", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_secret b\n\tclient_auth client_secret_jwt\n\tassertion {\n\t\talg RS256\n\t}\n}", `client_auth client_secret_jwt signs with HMAC (HS256, HS384 or HS512), not RS256`},
+		{"client_secret_jwt with x5t", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_secret b\n\tclient_auth client_secret_jwt\n\tassertion {\n\t\tx5t /c.pem\n\t}\n}", `assertion x5t names the certificate of a key`},
+		{"tls_client_auth without tls", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth tls_client_auth\n}", `client_auth tls_client_auth needs tls { client_cert <cert file> <key file> }`},
+		{"tls_client_auth with tls but no client_cert", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth tls_client_auth\n\ttls {\n\t\tca /ca.pem\n\t}\n}", `client_auth tls_client_auth needs tls { client_cert`},
+		{"tls_client_auth with client_secret", "upstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_secret b\n\tclient_auth tls_client_auth\n\ttls {\n\t\tclient_cert /c.pem /k.pem\n\t}\n}", `client_auth tls_client_auth sends no secret`},
+		{"issuer http", "upstream_oauth {\n\tissuer http://idp.example.com\n\tclient_id a\n\tclient_secret b\n}", `issuer: http:// is only allowed for a loopback host`},
+		{"issuer with query", "upstream_oauth {\n\tissuer https://idp.example.com/?tenant=a\n\tclient_id a\n\tclient_secret b\n}", `issuer: an issuer identifier has no query or fragment`},
+		{"issuer arity", "upstream_oauth {\n\tissuer https://a.example https://b.example\n}", `wrong argument count`},
+		{"repeated issuer", "upstream_oauth {\n\tissuer https://a.example\n\tissuer https://b.example\n}", `subdirective 'issuer' given more than once`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := caddyfile.NewTestDispenser(tc.input)
@@ -81,6 +109,43 @@ func TestUnmarshalCaddyfileErrorLine(t *testing.T) {
 	err := new(Handler).UnmarshalCaddyfile(d)
 	if err == nil || !strings.Contains(err.Error(), "Testfile:5") {
 		t.Fatalf("want an error at Testfile:5, got %v", err)
+	}
+}
+
+// TestUnmarshalCaddyfileAssertionErrorLine: an error in the assertion
+// block points at its own line; one found when the block is resolved (here:
+// tls_client_auth without a client certificate) at the directive's line.
+func TestUnmarshalCaddyfileAssertionErrorLine(t *testing.T) {
+	for _, tc := range []struct{ input, want string }{
+		{"upstream_oauth {\n\tclient_id a\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /k.pem\n\t\talg none\n\t}\n}", "Testfile:6"},
+		{"upstream_oauth {\n\tclient_id a\n\tassertion {\n\t\tkey /k.pem\n\t\tlifetime -1s\n\t}\n}", "Testfile:5"},
+		{"\nupstream_oauth {\n\ttoken_url https://idp.example.com/token\n\tclient_id a\n\tclient_auth tls_client_auth\n}", "Testfile:2"},
+	} {
+		err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want an error at %s, got %v for:\n%s", tc.want, err, tc.input)
+		}
+	}
+}
+
+// TestUnmarshalCaddyfileKeysPlaceholders: placeholders in client_auth, the
+// assertion's alg and files, and issuer are kept for provision time.
+func TestUnmarshalCaddyfileKeysPlaceholders(t *testing.T) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`upstream_oauth {
+		issuer {env.ISSUER}
+		client_id a
+		client_auth {env.AUTH}
+		assertion {
+			key {env.KEY_FILE}
+			alg {env.ALG}
+		}
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Issuer != "{env.ISSUER}" || h.ClientAuth != "{env.AUTH}" || h.Assertion.Key != "{env.KEY_FILE}" || h.Assertion.Alg != "{env.ALG}" {
+		t.Errorf("placeholders not kept verbatim: %+v %+v", h, h.Assertion)
 	}
 }
 

@@ -11,11 +11,12 @@ import (
 // http.handlers.upstream_oauth, to the events app of the running config
 // (configs.go). Their data never holds a token or a secret.
 //
-//	token_obtained: source, provider, token_url, grant, lifetime
+//	token_obtained: source, provider, token_url, issuer (when the token
+//	  endpoint is discovered), grant, lifetime
 //	  (time.Duration), expiry (time.Time), scope, refresh_grant (bool),
 //	  shared (bool: taken from shared storage, no token request made),
 //	  duration (time.Duration)
-//	token_failed: source, provider, token_url, grant, result (as the
+//	token_failed: source, provider, token_url, issuer, grant, result (as the
 //	  metric's label), error, refresh_grant, duration, and when the provider
 //	  answered with an error: status, code, description
 const (
@@ -58,6 +59,9 @@ func eventData(info sourceInfo, res cache.Result) map[string]any {
 		"grant":         string(info.Grant),
 		"refresh_grant": res.Refresh,
 		"duration":      res.Duration,
+	}
+	if info.Issuer != "" {
+		data["issuer"] = info.Issuer
 	}
 	if res.Err == nil {
 		if res.Token != nil {

@@ -192,3 +192,16 @@ func TestDisplayURL(t *testing.T) {
 		}
 	}
 }
+
+// TestEventDataIssuer: a source whose token endpoint is discovered names
+// its issuer in its events; one with a token_url does not.
+func TestEventDataIssuer(t *testing.T) {
+	res := cache.Result{Source: "idp", Err: &grants.DiscoveryError{Issuer: "https://idp.example.com", Reasons: []string{"x: status 404"}}}
+	data := eventData(sourceInfo{Name: "idp", Issuer: "https://idp.example.com"}, res)
+	if data["issuer"] != "https://idp.example.com" || data["result"] != "invalid_response" {
+		t.Errorf("event data %v, want issuer https://idp.example.com and result invalid_response", data)
+	}
+	if _, ok := eventData(sourceInfo{Name: "p", TokenURL: "https://a.example/t"}, res)["issuer"]; ok {
+		t.Errorf("issuer in the event of a source with a token_url")
+	}
+}

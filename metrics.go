@@ -197,6 +197,7 @@ func resultOf(err error) string {
 		pe *grants.ProviderError
 		re *grants.ResponseError
 		te *grants.TransportError
+		de *grants.DiscoveryError
 	)
 	switch {
 	case err == nil:
@@ -211,6 +212,8 @@ func resultOf(err error) string {
 		return resultInvalidResponse
 	case errors.As(err, &te):
 		return resultTransportError
+	case errors.As(err, &de): // metadata that answered but was unusable
+		return resultInvalidResponse
 	}
 	return resultError
 }

@@ -170,6 +170,7 @@ func TestResultOf(t *testing.T) {
 		{&grants.TransportError{Err: errors.New("connection refused")}, "transport_error"},
 		{&grants.TransportError{Err: fmt.Errorf("post: %w", context.DeadlineExceeded)}, "timeout"},
 		{&grants.TransportError{Err: fmt.Errorf("post: %w", context.Canceled)}, "canceled"},
+		{&grants.DiscoveryError{Issuer: "https://idp.example.com", Reasons: []string{"status 404"}}, "invalid_response"},
 		{errors.New("something else"), "error"},
 	} {
 		if got := resultOf(tc.err); got != tc.want {

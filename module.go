@@ -41,8 +41,20 @@ type Handler struct {
 	Name string `json:"name,omitempty"`
 
 	// TokenURL is the provider's token endpoint. Must be https://, or
-	// http:// on a loopback host or with AllowHTTP. Default: the preset's.
+	// http:// on a loopback host or with AllowHTTP. When set, it wins over
+	// Issuer. Default: the preset's, else (with Issuer) the token_endpoint
+	// of the issuer's metadata.
 	TokenURL string `json:"token_url,omitempty"`
+
+	// Issuer is the authorization server whose metadata names the token
+	// endpoint: /.well-known/oauth-authorization-server (RFC 8414, inserted
+	// before the issuer's path), else <issuer>/.well-known/openid-configuration.
+	// The metadata's issuer must equal it exactly, and its token_endpoint
+	// obeys TokenURL's rules. Read when the first token is needed (never at
+	// adapt, validate or provision), kept, and read again after a token
+	// request gets no answer or a 404. Unused when TokenURL is set.
+	// Default: none.
+	Issuer string `json:"issuer,omitempty"`
 
 	// Grant is client_credentials or password. Default: the preset's, else
 	// client_credentials.
@@ -66,10 +78,13 @@ type Handler struct {
 	// it as a placeholder ({env.*}, {file.*}). Default: none.
 	Password string `json:"password,omitempty"`
 
-	// ClientAuth says where the client's credentials go: basic (HTTP Basic
+	// ClientAuth says how the client proves itself: basic (HTTP Basic
 	// header; also named client_secret_basic), body (client_id and
-	// client_secret fields; client_secret_post) or none (client_id only).
-	// Default: the preset's, else basic.
+	// client_secret fields; client_secret_post), none (client_id only),
+	// private_key_jwt (a JWT signed with Assertion's key, RFC 7523),
+	// client_secret_jwt (a JWT signed with HMAC over ClientSecret) or
+	// tls_client_auth (client_id only, and the TLS client certificate of
+	// TLS on the connection, RFC 8705). Default: the preset's, else basic.
 	ClientAuth string `json:"client_auth,omitempty"`
 
 	// Body is the encoding of the token request body: form or json.
@@ -133,9 +148,15 @@ type Handler struct {
 	// loopback. Default: false.
 	AllowHTTP bool `json:"allow_http,omitempty"`
 
-	// TLS configures the connection to the token endpoint. Default: the
-	// system's roots, no client certificate.
+	// TLS configures the connection to the token endpoint (and to the
+	// issuer's metadata). Default: the system's roots, no client
+	// certificate.
 	TLS *TLS `json:"tls,omitempty"`
+
+	// Assertion configures the signed JWT that private_key_jwt and
+	// client_secret_jwt send as client_assertion. Default: none (required,
+	// with its key, for private_key_jwt).
+	Assertion *Assertion `json:"assertion,omitempty"`
 
 	src     *pooledSource
 	key     string
@@ -166,6 +187,45 @@ type TLS struct {
 	ServerName string `json:"server_name,omitempty"`
 }
 
+// Assertion configures the client assertion of private_key_jwt and
+// client_secret_jwt (RFC 7523 section 2.2): a JWT made fresh for every
+// token request, with iss and sub the client id, aud, iat, exp and a random
+// jti. The key file is read once, when the token source is made; a key that
+// cannot be read or does not fit Alg fails provisioning.
+type Assertion struct {
+	// Key is the PEM file of the private key that signs, for
+	// private_key_jwt: RSA (2048 bits or more), ECDSA P-256 or P-384, or
+	// Ed25519, in PKCS#8, PKCS#1 or SEC 1, not encrypted. The config holds
+	// its path, never its content. Default: none.
+	Key string `json:"key,omitempty"`
+
+	// Alg is the JWS algorithm: RS256, RS384, RS512, PS256, PS384, PS512,
+	// ES256, ES384 or EdDSA with a key; HS256, HS384 or HS512 with
+	// client_secret_jwt. none is refused. Default: from the key (RSA RS256,
+	// P-256 ES256, P-384 ES384, Ed25519 EdDSA); HS256 for client_secret_jwt.
+	Alg string `json:"alg,omitempty"`
+
+	// Kid is the JOSE header kid, naming the key to the provider.
+	// Default: none (no kid header).
+	Kid string `json:"kid,omitempty"`
+
+	// X5T is the PEM file of the key's certificate; the JOSE headers x5t
+	// and x5t#S256 carry its SHA-1 and SHA-256 thumbprints (Entra ID names
+	// a key so). Its public key must be Key's. Default: none.
+	X5T string `json:"x5t,omitempty"`
+
+	// Audience is the aud claim. Default: the token URL (with Issuer, the
+	// discovered one).
+	Audience string `json:"audience,omitempty"`
+
+	// Lifetime is exp - iat, between 1s and 1h. Default: 60s.
+	Lifetime caddy.Duration `json:"lifetime,omitempty"`
+
+	// Claim holds extra string claims. The registered ones (iss, sub, aud,
+	// exp, iat, nbf, jti) cannot be set. Default: none.
+	Claim map[string]string `json:"claim,omitempty"`
+}
+
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -191,6 +251,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	s.digestFiles()
 	h.header, h.prefix, h.renewOn = s.header, s.prefix, s.renewOn
 	h.value, h.layout = new(headerValue), new(headerLayout)
 	h.key = s.key()

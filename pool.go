@@ -30,11 +30,13 @@ type pooledSource struct {
 
 // sourceInfo describes a token source to every view of it (the admin API,
 // events, metrics): computed once, when the source is made, and free of
-// secrets. TokenURL is as displayURL shows it.
+// secrets. TokenURL is as displayURL shows it: empty when the token
+// endpoint is discovered from Issuer (which is empty otherwise).
 type sourceInfo struct {
 	Name     string           `json:"name"`
 	Provider string           `json:"provider,omitempty"`
 	TokenURL string           `json:"token_url"`
+	Issuer   string           `json:"issuer,omitempty"`
 	Grant    grants.GrantType `json:"grant"`
 	ClientID string           `json:"client_id,omitempty"`
 	Scopes   []string         `json:"scopes,omitempty"`
@@ -43,7 +45,7 @@ type sourceInfo struct {
 
 // describe is the sourceInfo of the source made from s.
 func describe(s settings) sourceInfo {
-	return sourceInfo{
+	info := sourceInfo{
 		Name:     s.Name,
 		Provider: s.Provider,
 		TokenURL: displayURL(s.Grants.TokenURL),
@@ -52,6 +54,10 @@ func describe(s settings) sourceInfo {
 		Scopes:   s.Grants.Scopes,
 		Share:    s.Share,
 	}
+	if s.Grants.TokenURL == "" {
+		info.Issuer = displayURL(s.Grants.Issuer)
+	}
+	return info
 }
 
 // newPooledSource builds the token client and source for s.
@@ -82,6 +88,14 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 		material, err := json.Marshal(s.Grants) //nolint:gosec // G117: key material, never stored or shown
 		if err != nil {
 			return nil, err
+		}
+		// With private_key_jwt and tls_client_auth the client's secret is
+		// a key the config names only by its path: its digest stands in.
+		switch a := s.Grants.Assertion; {
+		case s.Grants.ClientAuth == grants.AuthPrivateKeyJWT && a != nil:
+			material = append(material, s.Files[a.Key]...)
+		case s.Grants.ClientAuth == grants.AuthTLSClient && s.TLS != nil:
+			material = append(material, s.Files[s.TLS.ClientKey]...)
 		}
 		if shared, err = cache.NewShared(material); err != nil {
 			return nil, fmt.Errorf("share: %v", err)

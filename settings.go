@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +44,11 @@ type settings struct {
 	Timeout      time.Duration `json:"timeout"`
 	Share        bool          `json:"share"`
 	TLS          *TLS          `json:"tls"`
+	// Files holds the SHA-256 of each file the source reads (assertion
+	// key and certificate, tls files), by path, so that a reload after a
+	// key or certificate was replaced makes a new source that reads the
+	// new one. Filled in by Provision (digestFiles), never at adapt time.
+	Files map[string]string `json:"files,omitempty"`
 
 	header  string
 	prefix  string
@@ -75,8 +82,15 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 		}
 		return def
 	}
+	// A token_url in the block wins over issuer, and issuer over the
+	// preset's token_url.
+	tokenURL, issuer := expand(h.TokenURL), expand(h.Issuer)
+	if tokenURL == "" && issuer == "" {
+		tokenURL = preset.TokenURL
+	}
 	g := grants.Config{
-		TokenURL:     or(h.TokenURL, preset.TokenURL),
+		TokenURL:     tokenURL,
+		Issuer:       issuer,
 		Grant:        grants.GrantType(or(h.Grant, or(string(preset.Grant), string(grants.ClientCredentials)))),
 		ClientID:     expand(h.ClientID),
 		ClientSecret: expand(h.ClientSecret),
@@ -118,6 +132,7 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 			return s, err
 		}
 	}
+	g.Assertion = h.Assertion.resolve(expand)
 
 	s.header = http.CanonicalHeaderKey(or(h.Header, defaultHeader))
 	if err := checkField("header", s.header, ""); err != nil {
@@ -179,9 +194,16 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 		t.ClientCert, t.ClientKey, t.ServerName = expand(t.ClientCert), expand(t.ClientKey), expand(t.ServerName)
 		s.TLS = &t
 	}
+	if g.ClientAuth == grants.AuthTLSClient && (s.TLS == nil || s.TLS.ClientCert == "") {
+		return s, fmt.Errorf("client_auth %s needs tls { client_cert <cert file> <key file> }: the certificate is the client's credential", g.ClientAuth)
+	}
 	s.Name = expand(h.Name)
 	if s.Name == "" {
-		s.Name = defaultName(s.Provider, g.TokenURL, g.ClientIdentity())
+		where := g.TokenURL
+		if where == "" {
+			where = g.Issuer
+		}
+		s.Name = defaultName(s.Provider, where, g.ClientIdentity())
 	}
 	return s, nil
 }
@@ -215,6 +237,72 @@ func checkDefaultTTL(d time.Duration) error {
 		return fmt.Errorf("default_ttl %v: want 1s to a year", d)
 	}
 	return nil
+}
+
+// resolve is the assertion block with placeholders expanded, as grants
+// takes it (nil without a block). Its files are not read here: the token
+// client reads them once, when the source is made.
+func (a *Assertion) resolve(expand func(string) string) *grants.Assertion {
+	if a == nil {
+		return nil
+	}
+	out := &grants.Assertion{
+		Key:      expand(a.Key),
+		Alg:      grants.Alg(expand(a.Alg)),
+		KeyID:    expand(a.Kid),
+		X5T:      expand(a.X5T),
+		Audience: expand(a.Audience),
+		Lifetime: time.Duration(a.Lifetime),
+	}
+	if len(a.Claim) > 0 {
+		out.Claims = make(map[string]string, len(a.Claim))
+		for k, v := range a.Claim {
+			out.Claims[k] = expand(v)
+		}
+	}
+	return out
+}
+
+// digestFiles fills in s.Files: the SHA-256 of every file the source will
+// read. A file that cannot be read gets no digest; making the source then
+// fails with the reason.
+func (s *settings) digestFiles() {
+	var paths []string
+	if a := s.Grants.Assertion; a != nil {
+		paths = append(paths, a.Key, a.X5T)
+	}
+	if t := s.TLS; t != nil {
+		paths = append(append(paths, t.CA...), t.ClientCert, t.ClientKey)
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if d, ok := fileDigest(p); ok {
+			if s.Files == nil {
+				s.Files = map[string]string{}
+			}
+			s.Files[p] = d
+		}
+	}
+}
+
+// fileDigest is the hex SHA-256 of the regular file at path, read up to
+// 1 MiB (a key or certificate is far smaller).
+func fileDigest(path string) (string, bool) {
+	f, err := os.Open(path) //nolint:gosec // G304: a configured key, certificate or CA file
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return "", false
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(f, 1<<20)); err != nil {
+		return "", false
+	}
+	return hex.EncodeToString(h.Sum(nil)), true
 }
 
 // parseRefreshAhead reads "20%" as a fraction of the lifetime or "5m" as a

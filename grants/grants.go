@@ -1,8 +1,9 @@
 // Package grants requests OAuth 2.0 access tokens from a token endpoint and
 // reads the answers. It knows the grants (client_credentials, password,
 // refresh_token), the ways a client authenticates (HTTP Basic, body fields,
-// none), the body encodings (form, JSON) and the providers' presets. It knows
-// nothing of Caddy's HTTP handlers or of caching.
+// none, signed client assertions, a TLS client certificate), the body
+// encodings (form, JSON), issuer discovery and the providers' presets. It
+// knows nothing of Caddy's HTTP handlers or of caching.
 package grants
 
 import (
@@ -34,6 +35,15 @@ const (
 	AuthBasic AuthMethod = "basic" // HTTP Basic header (client_secret_basic)
 	AuthBody  AuthMethod = "body"  // client_id and client_secret body fields (client_secret_post)
 	AuthNone  AuthMethod = "none"  // client_id in the body, no secret
+	// AuthPrivateKeyJWT signs a client assertion (RFC 7523) with the
+	// assertion's private key.
+	AuthPrivateKeyJWT AuthMethod = "private_key_jwt"
+	// AuthClientSecretJWT signs a client assertion with HMAC over the
+	// client secret.
+	AuthClientSecretJWT AuthMethod = "client_secret_jwt"
+	// AuthTLSClient proves the client with the TLS client certificate of
+	// the connection (RFC 8705 section 2): client_id in the body, no secret.
+	AuthTLSClient AuthMethod = "tls_client_auth"
 )
 
 // BodyEncoding is the encoding of a token request's body.
@@ -49,7 +59,7 @@ const (
 // in the order error messages give them.
 var (
 	Grants        = []GrantType{ClientCredentials, Password}
-	AuthMethods   = []AuthMethod{AuthBasic, AuthBody, AuthNone}
+	AuthMethods   = []AuthMethod{AuthBasic, AuthBody, AuthNone, AuthPrivateKeyJWT, AuthClientSecretJWT, AuthTLSClient}
 	BodyEncodings = []BodyEncoding{BodyForm, BodyJSON}
 )
 
@@ -67,6 +77,38 @@ func AuthMethodNames() []AuthMethod {
 		names = append(names, AuthMethod(alias))
 	}
 	return names
+}
+
+// secret reports whether m sends the client secret, in some form: as it
+// is (basic, body) or as the key of an HMAC (client_secret_jwt).
+func (m AuthMethod) secret() bool {
+	switch m {
+	case AuthBasic, AuthBody, AuthClientSecretJWT:
+		return true
+	case AuthNone, AuthPrivateKeyJWT, AuthTLSClient:
+	}
+	return false
+}
+
+// keyed reports whether m proves the client with a key that is not the
+// client secret (private_key_jwt, tls_client_auth): no secret is sent.
+func (m AuthMethod) keyed() bool {
+	switch m {
+	case AuthPrivateKeyJWT, AuthTLSClient:
+		return true
+	case AuthBasic, AuthBody, AuthNone, AuthClientSecretJWT:
+	}
+	return false
+}
+
+// signs reports whether m sends a client assertion.
+func (m AuthMethod) signs() bool {
+	switch m {
+	case AuthPrivateKeyJWT, AuthClientSecretJWT:
+		return true
+	case AuthBasic, AuthBody, AuthNone, AuthTLSClient:
+	}
+	return false
 }
 
 // ParseGrant reads a grant's name.
@@ -122,7 +164,13 @@ func oneOf[T ~string](values []T) string {
 // Config says how to ask one token endpoint for a token. All values are final:
 // placeholders have been expanded and presets applied by the caller.
 type Config struct {
-	TokenURL     string
+	// TokenURL is the token endpoint. When empty, it is read from the
+	// metadata of Issuer when the first token is needed.
+	TokenURL string
+	// Issuer is the authorization server whose metadata names the token
+	// endpoint (RFC 8414, OpenID Connect Discovery); unused when TokenURL
+	// is set.
+	Issuer       string `json:",omitempty"`
 	Grant        GrantType
 	ClientID     string
 	ClientSecret string
@@ -141,6 +189,9 @@ type Config struct {
 	DefaultTTL time.Duration
 	// AllowHTTP permits an http:// token URL on a host that is not loopback.
 	AllowHTTP bool
+	// Assertion configures the client assertion of private_key_jwt and
+	// client_secret_jwt; nil with other methods.
+	Assertion *Assertion `json:",omitempty"`
 }
 
 // clientCredentials returns the client's id and secret: for the
@@ -162,13 +213,21 @@ func (c Config) ClientIdentity() string {
 }
 
 // Validate reports the first problem with c, in words fit for a config error.
-// It never quotes a secret.
+// It never quotes a secret, and reads no file: the assertion's key and
+// certificate are read by NewClient.
 func (c Config) Validate() error {
-	if c.TokenURL == "" {
-		return fmt.Errorf("token_url is required (or a provider preset)")
+	switch {
+	case c.TokenURL != "":
+		if err := CheckURL("token_url", c.TokenURL, c.AllowHTTP); err != nil {
+			return err
+		}
+	case c.Issuer == "":
+		return fmt.Errorf("token_url is required (or issuer, or a provider preset)")
 	}
-	if err := CheckURL("token_url", c.TokenURL, c.AllowHTTP); err != nil {
-		return err
+	if c.Issuer != "" {
+		if err := CheckIssuer(c.Issuer, c.AllowHTTP); err != nil {
+			return err
+		}
 	}
 	if c.Grant == "" {
 		return fmt.Errorf("grant is required (%s)", oneOf(Grants))
@@ -176,25 +235,13 @@ func (c Config) Validate() error {
 	if _, err := ParseGrant(string(c.Grant)); err != nil {
 		return err
 	}
-	switch c.Grant {
-	case ClientCredentials:
-		id, secret := c.clientCredentials()
-		if id == "" {
-			return fmt.Errorf("grant client_credentials needs client_id (or username)")
-		}
-		if secret == "" && c.ClientAuth != AuthNone {
-			return fmt.Errorf("grant client_credentials needs client_secret (or password)")
-		}
-	case Password:
-		if c.Username == "" || c.Password == "" {
-			return fmt.Errorf("grant password needs username and password")
-		}
-		if c.ClientAuth != AuthNone && (c.ClientID == "" || c.ClientSecret == "") {
-			return fmt.Errorf("grant password with client_auth %s needs client_id and client_secret", c.ClientAuth)
-		}
-	case RefreshToken: // renewals only: ParseGrant refused it
-	}
 	if _, err := ParseAuthMethod(string(c.ClientAuth)); err != nil {
+		return err
+	}
+	if err := c.validateCredentials(); err != nil {
+		return err
+	}
+	if err := c.validateAssertion(); err != nil {
 		return err
 	}
 	if _, err := ParseBodyEncoding(string(c.Body)); err != nil {
@@ -206,7 +253,11 @@ func (c Config) Validate() error {
 		}
 	}
 	for name := range c.Headers {
-		if strings.EqualFold(name, "Content-Type") || (strings.EqualFold(name, "Authorization") && c.ClientAuth == AuthBasic) {
+		// One way of authenticating the client per request (RFC 6749
+		// section 2.3): an Authorization header is for the module to set
+		// where the method has one, and out of place where it has another.
+		authHeader := c.ClientAuth == AuthBasic || c.ClientAuth.signs() || c.ClientAuth == AuthTLSClient
+		if strings.EqualFold(name, "Content-Type") || (strings.EqualFold(name, "Authorization") && authHeader) {
 			return fmt.Errorf("token_header %q is set by the module itself", name)
 		}
 	}
@@ -216,10 +267,47 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// validateCredentials checks that the grant has its credentials, and that
+// no secret is configured that the client authentication would not send.
+func (c Config) validateCredentials() error {
+	m := c.ClientAuth
+	switch c.Grant {
+	case ClientCredentials:
+		id, secret := c.clientCredentials()
+		if id == "" {
+			return fmt.Errorf("grant client_credentials needs client_id (or username)")
+		}
+		if secret == "" && m.secret() {
+			return fmt.Errorf("grant client_credentials needs client_secret (or password)")
+		}
+		if secret != "" && m.keyed() {
+			return fmt.Errorf("client_auth %s sends no secret: remove client_secret (or password)", m)
+		}
+	case Password:
+		if c.Username == "" || c.Password == "" {
+			return fmt.Errorf("grant password needs username and password")
+		}
+		if m.secret() && (c.ClientID == "" || c.ClientSecret == "") {
+			return fmt.Errorf("grant password with client_auth %s needs client_id and client_secret", m)
+		}
+		if m.keyed() {
+			if c.ClientID == "" {
+				return fmt.Errorf("grant password with client_auth %s needs client_id", m)
+			}
+			if c.ClientSecret != "" {
+				return fmt.Errorf("client_auth %s sends no secret: remove client_secret", m)
+			}
+		}
+	case RefreshToken: // renewals only: ParseGrant refused it
+	}
+	return nil
+}
+
 // reservedParams are the body fields the module writes itself.
 var reservedParams = map[string]bool{
 	"grant_type": true, "client_id": true, "client_secret": true, "username": true,
 	"password": true, "scope": true, "audience": true, "refresh_token": true,
+	"client_assertion": true, "client_assertion_type": true,
 }
 
 // CheckURL checks that raw is an absolute https URL, or http on a loopback

@@ -24,10 +24,12 @@ const MaxBody = 1 << 20
 
 // Client requests tokens for one Config.
 type Client struct {
-	cfg   Config
-	hc    *http.Client
-	red   func() redactor // the secrets of cfg, out of every error (made when first needed)
-	slots *semaphore.Weighted
+	cfg    Config
+	hc     *http.Client
+	red    func() redactor     // the secrets of cfg, out of every error (made when first needed)
+	slots  *semaphore.Weighted // the token requests in flight to the endpoint
+	assert *assertionSigner    // private_key_jwt and client_secret_jwt
+	disc   *discovery          // issuer without token_url
 }
 
 // DefaultTokenType is the token_type a response must carry, when it carries
@@ -36,6 +38,10 @@ const DefaultTokenType = "bearer"
 
 // NewClient returns a client for cfg that sends its requests through hc
 // (see NewHTTPClient; nil takes NewHTTPClient(nil)). cfg must be valid.
+// With a client assertion, it reads and checks the key (and certificate)
+// now, once: an unreadable key, or one that does not fit the algorithm, is
+// an error here. It does no network I/O: an issuer's metadata is read when
+// the first token is requested.
 func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -46,7 +52,23 @@ func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = NewHTTPClient(nil)
 	}
-	return &Client{cfg: cfg, hc: hc, red: sync.OnceValue(cfg.redactor), slots: endpointSlots(cfg.TokenURL)}, nil
+	// The endpoint is the token URL, or the issuer's until it is found.
+	endpoint := cfg.TokenURL
+	if endpoint == "" {
+		endpoint = cfg.Issuer
+	}
+	c := &Client{cfg: cfg, hc: hc, red: sync.OnceValue(cfg.redactor), slots: endpointSlots(endpoint)}
+	if cfg.ClientAuth.signs() {
+		s, err := newAssertionSigner(cfg)
+		if err != nil {
+			return nil, err
+		}
+		c.assert = s
+	}
+	if cfg.TokenURL == "" {
+		c.disc = &discovery{issuer: cfg.Issuer, allowHTTP: cfg.AllowHTTP, mtls: cfg.ClientAuth == AuthTLSClient, hc: hc}
+	}
+	return c, nil
 }
 
 // MaxInFlight is the most token requests to one token endpoint in flight at
@@ -123,14 +145,38 @@ func newTransport(tlsConfig *tls.Config) *http.Transport {
 
 // Token requests a new token with the configured grant.
 func (c *Client) Token(ctx context.Context) (*Token, error) {
-	fields := c.grantFields()
-	return c.do(ctx, fields, c.red())
+	tokenURL, err := c.tokenURL(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fields, err := c.grantFields(tokenURL)
+	if err != nil {
+		return nil, err
+	}
+	return c.do(ctx, tokenURL, fields, c.red())
 }
 
 // Refresh requests a new token with the refresh_token grant.
 func (c *Client) Refresh(ctx context.Context, refreshToken string) (*Token, error) {
-	fields := append([][2]string{{"grant_type", string(RefreshToken)}, {"refresh_token", refreshToken}}, c.clientBodyFields()...)
-	return c.do(ctx, fields, c.red().plus(refreshToken))
+	tokenURL, err := c.tokenURL(ctx)
+	if err != nil {
+		return nil, err
+	}
+	client, err := c.clientBodyFields(tokenURL)
+	if err != nil {
+		return nil, err
+	}
+	fields := append([][2]string{{"grant_type", string(RefreshToken)}, {"refresh_token", refreshToken}}, client...)
+	return c.do(ctx, tokenURL, fields, c.red().plus(refreshToken))
+}
+
+// tokenURL is the configured token endpoint, or the issuer's as its
+// metadata names it (read now if not known).
+func (c *Client) tokenURL(ctx context.Context) (string, error) {
+	if c.disc == nil {
+		return c.cfg.TokenURL, nil
+	}
+	return c.disc.endpoint(ctx)
 }
 
 // Logout calls logoutURL with GET and the token as bearer, as Telenor
@@ -154,14 +200,18 @@ func (c *Client) Logout(ctx context.Context, logoutURL string, tok *Token) error
 	return nil
 }
 
-// grantFields lists the body fields of a request with the configured grant,
-// in the order they are sent.
-func (c *Client) grantFields() [][2]string {
+// grantFields lists the body fields of a request to tokenURL with the
+// configured grant, in the order they are sent.
+func (c *Client) grantFields(tokenURL string) ([][2]string, error) {
 	fields := [][2]string{{"grant_type", string(c.cfg.Grant)}}
 	if c.cfg.Grant == Password {
 		fields = append(fields, [2]string{"username", c.cfg.Username}, [2]string{"password", c.cfg.Password})
 	}
-	fields = append(fields, c.clientBodyFields()...)
+	client, err := c.clientBodyFields(tokenURL)
+	if err != nil {
+		return nil, err
+	}
+	fields = append(fields, client...)
 	if len(c.cfg.Scopes) > 0 {
 		fields = append(fields, [2]string{"scope", strings.Join(c.cfg.Scopes, " ")})
 	}
@@ -171,28 +221,37 @@ func (c *Client) grantFields() [][2]string {
 	for _, name := range sortedKeys(c.cfg.Params) {
 		fields = append(fields, [2]string{name, c.cfg.Params[name]})
 	}
-	return fields
+	return fields, nil
 }
 
 // clientBodyFields are the client's credentials as body fields, where
-// client_auth puts them there.
-func (c *Client) clientBodyFields() [][2]string {
+// client_auth puts them there; with an assertion, a new one for a request
+// to tokenURL.
+func (c *Client) clientBodyFields(tokenURL string) ([][2]string, error) {
 	id, secret := c.cfg.clientCredentials()
 	switch c.cfg.ClientAuth {
 	case AuthBasic: // in the Authorization header (newRequest)
 	case AuthBody:
-		return [][2]string{{"client_id", id}, {"client_secret", secret}}
+		return [][2]string{{"client_id", id}, {"client_secret", secret}}, nil
 	case AuthNone:
 		if id != "" {
-			return [][2]string{{"client_id", id}}
+			return [][2]string{{"client_id", id}}, nil
 		}
+	case AuthTLSClient: // the certificate is on the connection
+		return [][2]string{{"client_id", id}}, nil
+	case AuthPrivateKeyJWT, AuthClientSecretJWT:
+		jwt, err := c.assert.assertion(tokenURL)
+		if err != nil {
+			return nil, err
+		}
+		return [][2]string{{"client_id", id}, {"client_assertion_type", JWTBearer}, {"client_assertion", jwt}}, nil
 	}
-	return nil
+	return nil, nil
 }
 
-// newRequest builds the token request that carries fields, without sending
-// it.
-func (c *Client) newRequest(ctx context.Context, fields [][2]string) (*http.Request, error) {
+// newRequest builds the token request to tokenURL that carries fields,
+// without sending it.
+func (c *Client) newRequest(ctx context.Context, tokenURL string, fields [][2]string) (*http.Request, error) {
 	var body []byte
 	var contentType string
 	switch c.cfg.Body {
@@ -214,7 +273,7 @@ func (c *Client) newRequest(ctx context.Context, fields [][2]string) (*http.Requ
 		body = []byte(strings.Join(form, "&"))
 		contentType = "application/x-www-form-urlencoded"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.TokenURL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("token request: %v", err)
 	}
@@ -230,12 +289,20 @@ func (c *Client) newRequest(ctx context.Context, fields [][2]string) (*http.Requ
 	return req, nil
 }
 
-// do sends the token request that carries fields and reads its answer;
-// red removes the request's secrets from any provider text in the error.
-func (c *Client) do(ctx context.Context, fields [][2]string, red redactor) (*Token, error) {
-	req, err := c.newRequest(ctx, fields)
+// do sends fields to tokenURL and reads the answer; red removes the
+// request's secrets (and its client assertion) from any provider text in
+// the error. When tokenURL was discovered and the request gets no answer or
+// a 404, the metadata is read again for the next one: the endpoint may have
+// moved.
+func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, red redactor) (*Token, error) {
+	req, err := c.newRequest(ctx, tokenURL, fields)
 	if err != nil {
 		return nil, err
+	}
+	for _, f := range fields {
+		if f[0] == "client_assertion" {
+			red = red.plus(f[1])
+		}
 	}
 	// Wait for one of the endpoint's slots: the wait counts against ctx
 	// (the token request's timeout), so a queue never outlasts it.
@@ -246,11 +313,20 @@ func (c *Client) do(ctx context.Context, fields [][2]string, red redactor) (*Tok
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if c.disc != nil {
+			c.disc.forget(tokenURL)
+		}
 		return nil, &TransportError{Err: scrubURLError(err)}
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound && c.disc != nil {
+		c.disc.forget(tokenURL)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
 	if err != nil {
+		if c.disc != nil {
+			c.disc.forget(tokenURL)
+		}
 		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err))}
 	}
 	if len(body) > MaxBody {
@@ -264,16 +340,59 @@ func (c *Client) do(ctx context.Context, fields [][2]string, red redactor) (*Tok
 		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 			pe.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		}
-		return nil, pe
+		return nil, withholdAssertion(pe, fields)
 	}
 	return parseToken(body, resp.Header.Get("Content-Type"), c.cfg.TokenType, c.cfg.DefaultTTL, start, red)
 }
 
+// withholdAssertion withholds the fields of a provider's error that quote
+// the signature of the client assertion the request carried (a provider
+// that echoes the request), so that no log line carries a usable
+// assertion.
+func withholdAssertion(err error, fields [][2]string) error {
+	pe, ok := err.(*ProviderError) //nolint:errorlint // ParseError's own type, unwrapped
+	if !ok {
+		return err
+	}
+	for _, f := range fields {
+		if f[0] != "client_assertion" {
+			continue
+		}
+		sig := f[1][strings.LastIndexByte(f[1], '.')+1:]
+		for _, field := range []*string{&pe.Code, &pe.Description} {
+			if sharesRun(*field, sig, 16) {
+				*field = "(withheld: it quotes the client assertion)"
+			}
+		}
+	}
+	return pe
+}
+
+// sharesRun reports whether s holds n or more bytes in a row of secret.
+func sharesRun(s, secret string, n int) bool {
+	for i := 0; i+n <= len(secret); i++ {
+		if strings.Contains(s, secret[i:i+n]) {
+			return true
+		}
+	}
+	return false
+}
+
 // TransportError is a token request that got no answer: connection refused
 // or reset, TLS failure, timeout.
-type TransportError struct{ Err error }
+type TransportError struct {
+	Err error
+	// Endpoint names what did not answer; empty: the token endpoint.
+	Endpoint string
+}
 
-func (e *TransportError) Error() string { return "no answer from the token endpoint: " + e.Err.Error() }
+func (e *TransportError) Error() string {
+	what := e.Endpoint
+	if what == "" {
+		what = "the token endpoint"
+	}
+	return "no answer from " + what + ": " + e.Err.Error()
+}
 func (e *TransportError) Unwrap() error { return e.Err }
 
 // scrubURLError drops the URL from a *url.Error: query strings may carry

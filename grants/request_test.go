@@ -512,7 +512,8 @@ func TestRefreshRequest(t *testing.T) {
 // TestGrantRequestWithoutServer checks the request builder on its own.
 func TestGrantRequestWithoutServer(t *testing.T) {
 	c := newClient(t, presetConfig("1nce", presets["1nce"].TokenURL))
-	req, err := c.newRequest(context.Background(), c.grantFields())
+	fields, _ := c.grantFields(c.cfg.TokenURL)
+	req, err := c.newRequest(context.Background(), c.cfg.TokenURL, fields)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ const seenCap = 1000
 // answers 401 with WWW-Authenticate: Bearer error="invalid_token". Either way
 // the response carries BodyLengthHeader. Safe for concurrent use.
 type Backend struct {
-	providers          []*Provider
+	providers          []TokenIssuer
 	accepted, rejected atomic.Int64
 
 	mu   sync.Mutex
@@ -36,9 +36,24 @@ type Backend struct {
 	srv  *httptest.Server
 }
 
+// TokenIssuer is what a Backend trusts: a [Provider] or an [IdP].
+type TokenIssuer interface {
+	Valid(token string) bool
+	Kind() Kind
+}
+
 // NewBackend returns a Backend that trusts the tokens of providers.
 func NewBackend(providers ...*Provider) *Backend {
-	return &Backend{providers: providers}
+	issuers := make([]TokenIssuer, len(providers))
+	for i, p := range providers {
+		issuers[i] = p
+	}
+	return NewBackendFor(issuers...)
+}
+
+// NewBackendFor returns a Backend that trusts the tokens of issuers.
+func NewBackendFor(issuers ...TokenIssuer) *Backend {
+	return &Backend{providers: issuers}
 }
 
 // Start serves b on a new httptest.Server on 127.0.0.1 and returns it.

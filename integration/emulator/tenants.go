@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"net/http/httptest"
@@ -41,15 +42,13 @@ type TenantProvider struct {
 }
 
 // TenantTokenPath is the token endpoint's path.
-const TenantTokenPath = "/oauth2/token"
+const TenantTokenPath = "/oauth2/token" //nolint:gosec // G101: a path, not a credential
 
 // NewTenantProvider returns a provider that knows accounts (client id →
 // secret) and issues tokens living an hour.
 func NewTenantProvider(accounts map[string]string) *TenantProvider {
 	p := &TenantProvider{accounts: map[string]string{}, perClient: map[string]int64{}, tokenOf: map[string]string{}, ttl: time.Hour}
-	for id, secret := range accounts {
-		p.accounts[id] = secret
-	}
+	maps.Copy(p.accounts, accounts)
 	p.srv = httptest.NewServer(p)
 	return p
 }
@@ -185,17 +184,17 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.rejected++
 		p.mu.Unlock()
 		w.WriteHeader(http.StatusUnauthorized)
-		io.WriteString(w, `{"error":"invalid_client","error_description":"Client authentication failed"}`)
+		_, _ = io.WriteString(w, `{"error":"invalid_client","error_description":"Client authentication failed"}`)
 		return
 	}
 	raw := make([]byte, 18)
-	rand.Read(raw)
+	_, _ = rand.Read(raw)
 	tok := "tnt-" + base64.RawURLEncoding.EncodeToString(raw)
 	p.mu.Lock()
 	p.tokenOf[tok] = id
 	ttl := p.ttl
 	p.mu.Unlock()
-	json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(ttl.Seconds())})
+	_ = json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(ttl.Seconds())})
 }
 
 // TenantBackend is an upstream that accepts a request only if its bearer
@@ -236,7 +235,7 @@ func (b *TenantBackend) CrossTenant() int64 { return b.cross.Load() }
 func (b *TenantBackend) Unknown() int64 { return b.unknown.Load() }
 
 func (b *TenantBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	io.Copy(io.Discard, io.LimitReader(r.Body, MaxBodySize))
+	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, MaxBodySize))
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	owner := ""
 	if ok {
@@ -252,6 +251,6 @@ func (b *TenantBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		b.accepted.Add(1)
 		w.Header().Set("X-Token-Owner", owner)
-		io.WriteString(w, "ok "+owner)
+		_, _ = io.WriteString(w, "ok "+owner)
 	}
 }
