@@ -59,7 +59,7 @@ var metrics = struct {
 	storageLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metricsNS, Subsystem: metricsSub,
 		Name: "storage_lookups_total",
-		Help: "Lookups of a usable token in shared storage (share), by source and result: hit or miss.",
+		Help: "Lookups of a usable token in shared storage (share), by source and result: hit, miss, or unreadable (a record that does not decrypt or parse, replaced).",
 	}, []string{"source", "result"}),
 }
 
@@ -176,12 +176,8 @@ func metricNoToken(source string) {
 }
 
 // metricStorage counts a lookup of a usable token in shared storage.
-func metricStorage(source string, hit bool) {
-	r := "miss"
-	if hit {
-		r = "hit"
-	}
-	metrics.storageLookups.WithLabelValues(source, r).Inc()
+func metricStorage(source string, r cache.Lookup) {
+	metrics.storageLookups.WithLabelValues(source, string(r)).Inc()
 }
 
 // expiryCollector reports, at scrape time, the expiry of the token each

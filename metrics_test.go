@@ -267,9 +267,10 @@ func TestUpstreamNoTokenStorageMetrics(t *testing.T) {
 	metricUpstreamRenewal(src, 401)
 	metricUpstreamRenewal(src, 403)
 	metricNoToken(src)
-	metricStorage(src, true)
-	metricStorage(src, true)
-	metricStorage(src, false)
+	metricStorage(src, cache.LookupHit)
+	metricStorage(src, cache.LookupHit)
+	metricStorage(src, cache.LookupMiss)
+	metricStorage(src, cache.LookupUnreadable)
 	for _, c := range []struct {
 		name   string
 		labels []string
@@ -280,6 +281,7 @@ func TestUpstreamNoTokenStorageMetrics(t *testing.T) {
 		{"caddy_upstream_oauth_no_token_responses_total", []string{"source", src}, 1},
 		{"caddy_upstream_oauth_storage_lookups_total", []string{"source", src, "result", "hit"}, 2},
 		{"caddy_upstream_oauth_storage_lookups_total", []string{"source", src, "result", "miss"}, 1},
+		{"caddy_upstream_oauth_storage_lookups_total", []string{"source", src, "result", "unreadable"}, 1},
 	} {
 		if v, _ := sample(t, reg, c.name, c.labels...); v != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)

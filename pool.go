@@ -76,17 +76,13 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 	}
 	var shared *cache.Shared
 	if s.Share {
-		// Everything that shapes the token, secrets included, keys and
-		// encrypts the stored record.
-		material, err := json.Marshal(s.Grants) //nolint:gosec // G117: key material, never stored or shown
-		if err != nil {
-			return nil, err
-		}
-		if shared, err = cache.NewShared(material); err != nil {
+		// The token settings name the stored record (without their
+		// secrets) and, secrets included, encrypt it.
+		if shared, err = cache.NewShared(s.Grants); err != nil {
 			return nil, fmt.Errorf("share: %v", err)
 		}
 		shared.Storage = runningStorage
-		shared.OnLookup = func(hit bool) { metricStorage(info.Name, hit) }
+		shared.OnLookup = func(r cache.Lookup) { metricStorage(info.Name, r) }
 		opts.Shared = shared
 	}
 	if s.LogoutURL != "" {
