@@ -168,7 +168,6 @@ func (sh *Shared) call(ctx context.Context, d time.Duration, f func(context.Cont
 	finished, abandoned := false, false
 	go func() {
 		err := f(ctx)
-		cancel()
 		mu.Lock()
 		finished = true
 		if abandoned {
@@ -176,6 +175,7 @@ func (sh *Shared) call(ctx context.Context, d time.Duration, f func(context.Cont
 		}
 		mu.Unlock()
 		done <- err
+		cancel() // after finished is set: a select that sees ctx done then sees it
 	}()
 	select {
 	case err := <-done:

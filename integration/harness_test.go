@@ -239,13 +239,21 @@ func (g *gateway) logText() string {
 // startProvider starts an emulator of kind with fixed test credentials.
 func startProvider(t *testing.T, kind emulator.Kind) *emulator.Provider {
 	t.Helper()
-	p := emulator.New(emulator.Config{
+	return startProviderConfig(t, emulator.Config{
 		Kind:         kind,
 		ClientID:     "client-" + string(kind),
 		ClientSecret: "secret-" + string(kind) + "-Zq8",
 		Username:     "user-" + string(kind),
 		Password:     "password-" + string(kind) + "-Xk3",
 	})
+}
+
+// startProviderConfig starts an emulator of cfg, whose tokens the leak
+// check looks for, and fails the test on any violation it saw.
+func startProviderConfig(t *testing.T, cfg emulator.Config) *emulator.Provider {
+	t.Helper()
+	kind := cfg.Kind
+	p := emulator.New(cfg)
 	p.Start()
 	providersMu.Lock()
 	providers = append(providers, p)
@@ -314,7 +322,7 @@ func secrets() []string {
 	for _, k := range []emulator.Kind{emulator.OneNCE, emulator.ONEiO, emulator.Telenor} {
 		out = append(out, "secret-"+string(k)+"-Zq8", "password-"+string(k)+"-Xk3")
 	}
-	return out
+	return append(out, rotatedSecret)
 }
 
 // eventually polls cond every 20ms until it holds or d passes.
