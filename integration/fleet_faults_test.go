@@ -518,13 +518,13 @@ http://%s {
 			close(stopA)
 			wgA.Wait()
 			p.SetMode(emulator.Up)
-			crashReuses := reuses(p)
 
 			survivors := []*instance{survivor1, survivor2}
 			stop := make(chan struct{})
 			result, wg := traffic(survivors, 50*time.Millisecond, stop)
 			time.Sleep(12 * time.Second) // the dead lock goes stale (Redis 5s, file_system 10s), renewals follow
 			afterCrash, _ := result()
+			crashReuses := reuses(p)
 
 			// The storage stops working: each survivor fetches on its own.
 			restore := store.fail(t)
