@@ -57,6 +57,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		default_ttl    <duration>
 //		timeout        <duration>
 //		renew_on       <status...>|off
+//		max_sources    <n>
 //		header         <name> [<scheme>]
 //		share
 //		allow_http
@@ -79,6 +80,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		h.Provider = d.Val()
+		if ph := requestPlaceholder(h.Provider); ph != "" {
+			return d.Errf("%v", steeringError("provider", ph))
+		}
 		if _, ok := grants.LookupPreset(h.Provider); !ok && !hasPlaceholder(h.Provider) {
 			return d.Errf("unknown provider '%s' (known: %s)", h.Provider, strings.Join(grants.PresetNames(), ", "))
 		}
@@ -97,6 +101,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 		if !blocks[sub] {
+			if err := h.steeringAt(d); err != nil {
+				return err
+			}
 			if err := noBlock(d, sub); err != nil {
 				return err
 			}
@@ -114,7 +121,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var repeatable = map[string]bool{"param": true, "token_header": true, "scope": true}
 
 // blocks are the subdirectives that open a block of their own.
-var blocks = map[string]bool{"tls": true}
+var blocks = map[string]bool{"tls": true, "assertion": true}
+
+// steeringAt refuses, at the line just read, a request placeholder where
+// none is allowed (see Handler.steeringFields): the first one found was
+// set by that line, since every line before was checked.
+func (h *Handler) steeringAt(d *caddyfile.Dispenser) error {
+	if err := h.checkSteering(); err != nil {
+		return d.Errf("%v", err)
+	}
+	return nil
+}
 
 // noBlock refuses a block after a subdirective that takes none: without
 // this, `name x {` would read the block's lines as subdirectives of the
@@ -220,7 +237,7 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 		if len(args) < 1 || len(args) > 2 {
 			return d.ArgErr()
 		}
-		if err := checkField(sub, args[0], ""); err != nil {
+		if err := checkField(sub, args[0], ""); err != nil && !hasPlaceholder(args[0]) {
 			return d.Errf("header: '%s' is not a header name", args[0])
 		}
 		h.Header = http.CanonicalHeaderKey(args[0])
@@ -230,6 +247,16 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 				return d.Errf("%v", err)
 			}
 		}
+	case "max_sources":
+		var v string
+		if err := oneArg(d, &v); err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return d.Errf("max_sources: '%s' is not a positive number", v)
+		}
+		h.MaxSources = n
 	case "share":
 		return noArgs(d, &h.Share)
 	case "allow_http":
@@ -239,48 +266,58 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser, sub string) erro
 			return d.ArgErr()
 		}
 		h.TLS = new(TLS)
-		return h.TLS.unmarshalCaddyfile(d)
+		return h.TLS.unmarshalCaddyfile(d, func() error { return h.steeringAt(d) })
 	case "assertion":
 		if d.NextArg() {
 			return d.ArgErr()
 		}
 		h.Assertion = new(Assertion)
-		return h.Assertion.unmarshalCaddyfile(d)
+		return h.Assertion.unmarshalCaddyfile(d, func() error { return h.steeringAt(d) })
 	default:
 		return d.Errf("unrecognized subdirective '%s'", sub)
 	}
 	return nil
 }
 
-// unmarshalCaddyfile reads the tls block.
-func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+// unmarshalCaddyfile reads the tls block; check runs after each line.
+func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser, check func() error) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "ca":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			t.CA = append(t.CA, args...)
-		case "client_cert":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.ArgErr()
-			}
-			t.ClientCert, t.ClientKey = args[0], args[1]
-		case "server_name":
-			if err := oneArg(d, &t.ServerName); err != nil {
-				return err
-			}
-		default:
-			return d.Errf("unrecognized tls subdirective '%s'", d.Val())
+		if err := t.unmarshalLine(d); err != nil {
+			return err
+		}
+		if err := check(); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// unmarshalCaddyfile reads the assertion block.
-func (a *Assertion) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+// unmarshalLine reads one line of the tls block.
+func (t *TLS) unmarshalLine(d *caddyfile.Dispenser) error {
+	switch d.Val() {
+	case "ca":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		t.CA = append(t.CA, args...)
+	case "client_cert":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		t.ClientCert, t.ClientKey = args[0], args[1]
+	case "server_name":
+		return oneArg(d, &t.ServerName)
+	default:
+		return d.Errf("unrecognized tls subdirective '%s'", d.Val())
+	}
+	return nil
+}
+
+// unmarshalCaddyfile reads the assertion block; check runs after each
+// line.
+func (a *Assertion) unmarshalCaddyfile(d *caddyfile.Dispenser, check func() error) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
@@ -322,6 +359,9 @@ func (a *Assertion) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized assertion subdirective '%s'", sub)
 		}
 		if err != nil {
+			return err
+		}
+		if err := check(); err != nil {
 			return err
 		}
 	}

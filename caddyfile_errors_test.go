@@ -56,6 +56,20 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"block after a one-value subdirective", "upstream_oauth 1nce {\n\tname gw {\n\t\tusername u\n\t}\n}", `subdirective 'name' takes values on its line, not a block`},
 		{"block after token_url", "upstream_oauth {\n\ttoken_url https://a.example/t {\n\t}\n}", `subdirective 'token_url' takes values on its line, not a block`},
 		{"block after share", "upstream_oauth 1nce {\n\tshare {\n\t\tttl 5m\n\t}\n}", `subdirective 'share' takes values on its line, not a block`},
+		{"request placeholder in token_url", "upstream_oauth {\n\ttoken_url https://{http.request.host}/token\n\tclient_id a\n\tclient_secret b\n}", `token_url: request placeholder {http.request.host} is not allowed here`},
+		{"request placeholder in issuer", "upstream_oauth {\n\tissuer {http.request.header.X-Issuer}\n}", `issuer: request placeholder {http.request.header.X-Issuer} is not allowed here`},
+		{"request placeholder in logout_url", "upstream_oauth telenor {\n\tlogout_url https://{tenant_host}/logout\n}", `logout_url: request placeholder {tenant_host} is not allowed`},
+		{"request placeholder in grant", "upstream_oauth {\n\tgrant {http.request.header.X-Grant}\n}", `grant: request placeholder`},
+		{"request placeholder in client_auth", "upstream_oauth {\n\tclient_auth {tenant_auth}\n}", `client_auth: request placeholder {tenant_auth} is not allowed`},
+		{"request placeholder in body", "upstream_oauth {\n\tbody {http.request.header.X-Body}\n}", `body: request placeholder`},
+		{"request placeholder in header", "upstream_oauth 1nce {\n\theader {http.request.header.X-H}\n}", `header: request placeholder`},
+		{"request placeholder in a tls file", "upstream_oauth 1nce {\n\ttls {\n\t\tclient_cert /certs/{tenant}.pem /keys/k.pem\n\t}\n}", `tls client_cert: request placeholder {tenant} is not allowed`},
+		{"request placeholder in a tls ca", "upstream_oauth 1nce {\n\ttls {\n\t\tca {http.request.header.X-CA}\n\t}\n}", `tls ca: request placeholder`},
+		{"request placeholder in the assertion key", "upstream_oauth {\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /keys/{tenant}.pem\n\t}\n}", `assertion key: request placeholder {tenant} is not allowed`},
+		{"request placeholder in the assertion x5t", "upstream_oauth {\n\tclient_auth private_key_jwt\n\tassertion {\n\t\tkey /keys/k.pem\n\t\tx5t /certs/{tenant}.pem\n\t}\n}", `assertion x5t: request placeholder`},
+		{"request placeholder in the provider", "upstream_oauth {http.request.header.X-Provider}", `provider: request placeholder`},
+		{"max_sources not a number", "upstream_oauth 1nce {\n\tmax_sources many\n}", `max_sources: 'many' is not a positive number`},
+		{"max_sources zero", "upstream_oauth 1nce {\n\tmax_sources 0\n}", `max_sources: '0' is not a positive number`},
 		{"renew_on off with statuses", "upstream_oauth 1nce {\n\trenew_on off 401\n}", `renew_on off takes no status codes`},
 
 		// Client authentication with keys, issuer discovery.
@@ -99,6 +113,20 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 				t.Errorf("error %q does not name the file and line", err)
 			}
 		})
+	}
+}
+
+// TestRequestPlaceholderErrorLine: a request placeholder where none is
+// allowed is refused at the line that carries it.
+func TestRequestPlaceholderErrorLine(t *testing.T) {
+	for input, line := range map[string]string{
+		"upstream_oauth {\n\tclient_id {tenant}\n\tclient_secret {tenant_secret}\n\ttoken_url https://{tenant}.example/t\n}":  "Testfile:4",
+		"upstream_oauth 1nce {\n\tusername {tenant}\n\tpassword p\n\ttls {\n\t\tca /ca.pem\n\t\tserver_name {tenant}\n\t}\n}": "Testfile:6",
+	} {
+		err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), line) || !strings.Contains(err.Error(), "request placeholder") {
+			t.Errorf("want a request placeholder error at %s, got %v", line, err)
+		}
 	}
 }
 

@@ -25,11 +25,11 @@ const (
 )
 
 // onResult returns the OnResult hook of the source that info describes:
-// metrics and events for every token request.
-func onResult(info sourceInfo) func(cache.Result) {
-	initSourceMetrics(info.Name)
+// metrics (labelled metric) and events for every token request.
+func onResult(info sourceInfo, metric string) func(cache.Result) {
+	initSourceMetrics(metric)
 	return func(res cache.Result) {
-		metricTokenRequest(res)
+		metricTokenRequest(metric, res)
 		emitResult(info, res)
 	}
 }

@@ -68,7 +68,7 @@ var metrics = struct {
 	storageLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metricsNS, Subsystem: metricsSub,
 		Name: "storage_lookups_total",
-		Help: "Lookups of a usable token in shared storage (share), by source and result: hit or miss.",
+		Help: "Lookups of a usable token in shared storage (share), by source and result: hit, miss, or unreadable (a record that does not decrypt or parse, replaced).",
 	}, []string{"source", "result"}),
 	sourcesLive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNS, Subsystem: metricsSub,
@@ -116,6 +116,9 @@ func tenantStats(name string) *tenantMetrics {
 // forgetTenantStats drops the series of the handler named name, once its
 // table is gone (a reload that keeps the handler keeps the table).
 func forgetTenantStats(name string) {
+	if labelInUse(name) {
+		return
+	}
 	labels := prometheus.Labels{"source": name}
 	metrics.sourcesLive.DeletePartialMatch(labels)
 	metrics.sourcesCreated.DeletePartialMatch(labels)
@@ -180,7 +183,7 @@ func initSourceMetrics(source string) {
 // registry without bound. A reload that keeps the name keeps the counts: the
 // new source exists before the old one is destroyed.
 func forgetSourceMetrics(source string) {
-	if len(sourcesNamed(source)) > 0 {
+	if labelInUse(source) {
 		return
 	}
 	labels := prometheus.Labels{"source": source}
@@ -218,14 +221,15 @@ func resultOf(err error) string {
 	return resultError
 }
 
-// metricTokenRequest counts a token request and its duration. A token taken
-// from shared storage made no request, and is not counted here.
-func metricTokenRequest(res cache.Result) {
+// metricTokenRequest counts a token request and its duration under the
+// source label. A token taken from shared storage made no request, and is
+// not counted here.
+func metricTokenRequest(label string, res cache.Result) {
 	if res.Shared && res.Err == nil {
 		return
 	}
-	metrics.tokenRequests.WithLabelValues(res.Source, resultOf(res.Err)).Inc()
-	metrics.tokenDuration.WithLabelValues(res.Source).Observe(res.Duration.Seconds())
+	metrics.tokenRequests.WithLabelValues(label, resultOf(res.Err)).Inc()
+	metrics.tokenDuration.WithLabelValues(label).Observe(res.Duration.Seconds())
 }
 
 // metricUpstreamRenewal counts a token retired because the upstream
@@ -240,12 +244,8 @@ func metricNoToken(source string) {
 }
 
 // metricStorage counts a lookup of a usable token in shared storage.
-func metricStorage(source string, hit bool) {
-	r := "miss"
-	if hit {
-		r = "hit"
-	}
-	metrics.storageLookups.WithLabelValues(source, r).Inc()
+func metricStorage(source string, r cache.Lookup) {
+	metrics.storageLookups.WithLabelValues(source, string(r)).Inc()
 }
 
 // expiryCollector reports, at scrape time, the expiry of the token each
@@ -259,15 +259,21 @@ func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
 	// Sources with the same name (settings changed across a reload, for a
-	// moment both live) make one series: the latest expiry.
-	latest := map[string]time.Time{}
+	// moment both live) make one series: the latest expiry. A handler with
+	// per-request credentials makes one series for all its tenants: the
+	// soonest expiry, the one an alert should look at.
+	expiries := map[string]time.Time{}
 	for _, p := range liveSources() {
 		st := p.Status()
-		if st.Expiry != nil && st.Expiry.After(latest[p.info.Name]) {
-			latest[p.info.Name] = *st.Expiry
+		if st.Expiry == nil {
+			continue
+		}
+		cur, ok := expiries[p.metric]
+		if !ok || (p.tenant && st.Expiry.Before(cur)) || (!p.tenant && st.Expiry.After(cur)) {
+			expiries[p.metric] = *st.Expiry
 		}
 	}
-	for name, exp := range latest {
+	for name, exp := range expiries {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
 			float64(exp.UnixNano())/1e9, name)
 	}

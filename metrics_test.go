@@ -50,8 +50,8 @@ func testSource(t *testing.T, name string, f cache.Fetcher) (p *pooledSource, re
 		TokenURL: "https://auth.example/oauth2/token?api_key=k-LEAKCHECK", Grant: grants.ClientCredentials,
 		ClientID: "client-1", ClientSecret: "secret-LEAKCHECK", Scopes: []string{"read", "write"},
 	}}
-	p = &pooledSource{info: describe(s)}
-	p.Source = cache.New(cache.Options{Name: name, Fetcher: f, OnResult: onResult(p.info)})
+	p = &pooledSource{info: describe(s), metric: name}
+	p.Source = cache.New(cache.Options{Name: name, Fetcher: f, OnResult: onResult(p.info, p.metric)})
 	key := fmt.Sprintf("test/%s/%s/%p", t.Name(), name, p)
 	sources.LoadOrStore(key, p)
 	var once sync.Once
@@ -211,7 +211,7 @@ func TestTokenRequestMetrics(t *testing.T) {
 	}
 
 	// A token taken from shared storage made no request.
-	metricTokenRequest(cache.Result{Source: src, Shared: true, Token: &grants.Token{}})
+	metricTokenRequest(src, cache.Result{Source: src, Shared: true, Token: &grants.Token{}})
 	if v, _ := sample(t, reg, reqs, "source", src, "result", "success"); v != 1 {
 		t.Errorf("a shared token counted as a token request: success = %v", v)
 	}
@@ -268,9 +268,10 @@ func TestUpstreamNoTokenStorageMetrics(t *testing.T) {
 	metricUpstreamRenewal(src, 401)
 	metricUpstreamRenewal(src, 403)
 	metricNoToken(src)
-	metricStorage(src, true)
-	metricStorage(src, true)
-	metricStorage(src, false)
+	metricStorage(src, cache.LookupHit)
+	metricStorage(src, cache.LookupHit)
+	metricStorage(src, cache.LookupMiss)
+	metricStorage(src, cache.LookupUnreadable)
 	for _, c := range []struct {
 		name   string
 		labels []string
@@ -281,6 +282,7 @@ func TestUpstreamNoTokenStorageMetrics(t *testing.T) {
 		{"caddy_upstream_oauth_no_token_responses_total", []string{"source", src}, 1},
 		{"caddy_upstream_oauth_storage_lookups_total", []string{"source", src, "result", "hit"}, 2},
 		{"caddy_upstream_oauth_storage_lookups_total", []string{"source", src, "result", "miss"}, 1},
+		{"caddy_upstream_oauth_storage_lookups_total", []string{"source", src, "result", "unreadable"}, 1},
 	} {
 		if v, _ := sample(t, reg, c.name, c.labels...); v != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)

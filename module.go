@@ -10,6 +10,7 @@ package upstreamoauth
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -158,7 +159,16 @@ type Handler struct {
 	// with its key, for private_key_jwt).
 	Assertion *Assertion `json:"assertion,omitempty"`
 
+	// MaxSources bounds the token sources of a handler with per-request
+	// credentials (client_id, client_secret, username, password, scope,
+	// audience, name, or param and token_header values with request
+	// placeholders, such as {http.*} or the variables of map): one per
+	// tenant, made on first use; beyond it, the least recently used is
+	// stopped (as is one unused for an hour). Default: 10000.
+	MaxSources int `json:"max_sources,omitempty"`
+
 	src     *pooledSource
+	tenants *tenantTable // per-request credentials: a source per tenant, instead of src
 	key     string
 	header  string
 	prefix  string
@@ -247,13 +257,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := bindConfig(ctx); err != nil {
 		return err
 	}
-	s, err := h.settings(caddy.NewReplacer())
+	if err := h.checkSteering(); err != nil {
+		return err
+	}
+	if h.MaxSources < 0 {
+		return fmt.Errorf("max_sources must be positive")
+	}
+	global := caddy.NewReplacer()
+	s, err := h.settings(global)
 	if err != nil {
 		return err
 	}
-	s.digestFiles()
 	h.header, h.prefix, h.renewOn = s.header, s.prefix, s.renewOn
-	h.value, h.layout = new(headerValue), new(headerLayout)
+	h.layout = new(headerLayout)
+	if dyn := h.dynamicFields(global); dyn != nil {
+		return h.provisionTenants(ctx, global, dyn)
+	}
+	s.digestFiles()
+	h.value = new(headerValue)
 	h.key = s.key()
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return newPooledSource(ctx, s)
@@ -269,7 +290,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Validate checks what Provision could not: nothing further at present, as
 // Provision refuses bad settings with the reason. It has no side effects.
 func (h *Handler) Validate() error {
-	if h.src == nil {
+	if h.src == nil && h.tenants == nil {
 		return errors.New("upstream_oauth: not provisioned")
 	}
 	return nil

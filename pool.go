@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"sync"
 
@@ -25,6 +26,8 @@ var sources = caddy.NewUsagePool()
 type pooledSource struct {
 	*cache.Source
 	info   sourceInfo
+	metric string        // the source label of its metrics: its name, or its handler's for a tenant
+	tenant bool          // one of a handler's per-request sources (tenants.go)
 	shared *cache.Shared // nil unless share
 }
 
@@ -62,15 +65,35 @@ func describe(s settings) sourceInfo {
 
 // newPooledSource builds the token client and source for s.
 func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
-	tlsConfig, err := clientTLS(ctx, s.TLS)
+	hc, err := tokenHTTPClient(ctx, s.TLS)
+	if err != nil {
+		return nil, err
+	}
+	return newSource(s, hc, "")
+}
+
+// tokenHTTPClient is the HTTP client of token requests with the tls block.
+func tokenHTTPClient(ctx caddy.Context, t *TLS) (*http.Client, error) {
+	tlsConfig, err := clientTLS(ctx, t)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %v", err)
 	}
-	client, err := grants.NewClient(s.Grants, grants.NewHTTPClient(tlsConfig))
+	return grants.NewHTTPClient(tlsConfig), nil
+}
+
+// newSource builds the token client and source for s, whose requests go
+// through hc. A tenant's source (tenants.go) has its handler's name as
+// metric, the label of its metrics; "" is s's own name.
+func newSource(s settings, hc *http.Client, metric string) (*pooledSource, error) {
+	client, err := grants.NewClient(s.Grants, hc)
 	if err != nil {
 		return nil, err
 	}
 	info := describe(s)
+	p := &pooledSource{info: info, metric: metric, tenant: metric != ""}
+	if metric == "" {
+		p.metric = info.Name
+	}
 	opts := cache.Options{
 		Name:            info.Name,
 		Fetcher:         client,
@@ -83,25 +106,22 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 	}
 	var shared *cache.Shared
 	if s.Share {
-		// Everything that shapes the token, secrets included, keys and
-		// encrypts the stored record.
-		material, err := json.Marshal(s.Grants) //nolint:gosec // G117: key material, never stored or shown
-		if err != nil {
-			return nil, err
-		}
-		// With private_key_jwt and tls_client_auth the client's secret is
-		// a key the config names only by its path: its digest stands in.
+		// The token settings name the stored record (without their
+		// secrets) and, secrets included, encrypt it. With private_key_jwt
+		// and tls_client_auth the client's secret is a key the config names
+		// only by its path: its digest stands in.
+		var keyDigest string
 		switch a := s.Grants.Assertion; {
 		case s.Grants.ClientAuth == grants.AuthPrivateKeyJWT && a != nil:
-			material = append(material, s.Files[a.Key]...)
+			keyDigest = s.Files[a.Key]
 		case s.Grants.ClientAuth == grants.AuthTLSClient && s.TLS != nil:
-			material = append(material, s.Files[s.TLS.ClientKey]...)
+			keyDigest = s.Files[s.TLS.ClientKey]
 		}
-		if shared, err = cache.NewShared(material); err != nil {
+		if shared, err = cache.NewShared(s.Grants, keyDigest); err != nil {
 			return nil, fmt.Errorf("share: %v", err)
 		}
 		shared.Storage = runningStorage
-		shared.OnLookup = func(hit bool) { metricStorage(info.Name, hit) }
+		shared.OnLookup = func(r cache.Lookup) { metricStorage(p.metric, r) }
 		opts.Shared = shared
 	}
 	if s.LogoutURL != "" {
@@ -110,8 +130,9 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 			return client.Logout(ctx, logoutURL, tok)
 		}
 	}
-	opts.OnResult = onResult(info) // metrics and events (events.go)
-	return &pooledSource{Source: cache.New(opts), info: info, shared: shared}, nil
+	opts.OnResult = onResult(info, p.metric) // metrics and events (events.go)
+	p.Source, p.shared = cache.New(opts), shared
+	return p, nil
 }
 
 // Destruct stops the source once no handler uses it; a token that is not
@@ -121,7 +142,7 @@ func newPooledSource(ctx caddy.Context, s settings) (*pooledSource, error) {
 func (p *pooledSource) Destruct() error {
 	p.Stop(!p.info.Share)
 	pendingLogouts.Go(p.WaitLogouts)
-	forgetSourceMetrics(p.info.Name)
+	forgetSourceMetrics(p.metric)
 	return nil
 }
 
@@ -134,16 +155,36 @@ func init() {
 	caddy.OnExit(func(context.Context) { pendingLogouts.Wait() })
 }
 
-// liveSources lists the token sources of the process.
+// liveSources lists the token sources of the process, the tenants' of
+// handlers with per-request credentials included.
 func liveSources() []*pooledSource {
 	var out []*pooledSource
 	sources.Range(func(_, v any) bool {
-		if p, ok := v.(*pooledSource); ok {
-			out = append(out, p)
+		switch v := v.(type) {
+		case *pooledSource:
+			out = append(out, v)
+		case *tenantTable:
+			out = append(out, v.sources()...)
 		}
 		return true
 	})
 	return out
+}
+
+// labelInUse reports whether a live source, or a handler with per-request
+// credentials, has label as the source label of its metrics.
+func labelInUse(label string) bool {
+	inUse := false
+	sources.Range(func(_, v any) bool {
+		switch v := v.(type) {
+		case *pooledSource:
+			inUse = v.metric == label
+		case *tenantTable:
+			inUse = v.name == label
+		}
+		return !inUse
+	})
+	return inUse
 }
 
 // sourcesNamed lists the live sources named name (names need not be unique:

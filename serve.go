@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync/atomic"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -18,35 +19,70 @@ import (
 // ServeHTTP sets the token on the request and calls next. With renew_on
 // statuses configured, the upstream's answer is watched (replay.go).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	tok, err := h.token(w, r)
+	src, err := h.source(r)
+	if err != nil {
+		return err
+	}
+	tok, err := h.token(w, r, src)
 	if err != nil {
 		return err
 	}
 	if len(h.renewOn) > 0 {
-		return h.serveWatching(w, r, next, tok)
+		return h.serveWatching(w, r, next, src, tok)
 	}
 	if r.Trailer != nil {
 		watchBody(r, h.header, false) // trailers are scrubbed at the body's end
 	}
-	h.setToken(r, tok)
+	h.setToken(r, src, tok)
 	return next.ServeHTTP(w, r)
 }
 
+// requestSource is the token source of a request, and the header value of
+// its token.
+type requestSource struct {
+	*pooledSource
+	value *headerValue
+}
+
+// source is the request's token source: the handler's, or with
+// per-request credentials its tenant's (a 403 error when the credentials
+// resolve incomplete: nothing is forwarded, and no token requested).
+func (h *Handler) source(r *http.Request) (requestSource, error) {
+	if h.tenants == nil {
+		return requestSource{h.src, h.value}, nil
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewEmptyReplacer()
+	}
+	tn, err := h.tenants.source(repl)
+	if err != nil {
+		if c := h.logger.Check(zap.DebugLevel, "no token source for the request's credentials"); c != nil {
+			c.Write(zap.String("source", h.tenants.name), zap.Error(err))
+		}
+		status := http.StatusForbidden
+		if errors.Is(err, errTableClosed) {
+			status = http.StatusBadGateway
+		}
+		return requestSource{}, caddyhttp.Error(status, fmt.Errorf("upstream_oauth %s: %w", h.tenants.name, err))
+	}
+	return requestSource{tn.src, &tn.value}, nil
+}
+
 // token returns the source's token, or the 502 error to answer with.
-func (h *Handler) token(w http.ResponseWriter, r *http.Request) (*grants.Token, error) {
-	tok, err := h.src.Get(r.Context())
+func (h *Handler) token(w http.ResponseWriter, r *http.Request, src requestSource) (*grants.Token, error) {
+	tok, err := src.Get(r.Context())
 	if err == nil {
 		return tok, nil
 	}
-	var ue *cache.UnavailableError
-	if errors.As(err, &ue) && ue.RetryAfter > 0 {
+	if ue, ok := errors.AsType[*cache.UnavailableError](err); ok && ue.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ue.RetryAfter.Seconds()))))
 	}
-	name := h.src.info.Name
+	name := src.info.Name
 	if c := h.logger.Check(zap.DebugLevel, "no token for request"); c != nil {
 		c.Write(zap.String("source", name), zap.Error(err))
 	}
-	metricNoToken(name)
+	metricNoToken(src.metric)
 	return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream_oauth %s: %w", name, err))
 }
 
@@ -56,11 +92,11 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) (*grants.Token, 
 //
 // h.header is canonical (settings made it so): the map is written directly,
 // as Header.Set would after canonicalizing the key again.
-func (h *Handler) setToken(r *http.Request, tok *grants.Token) {
+func (h *Handler) setToken(r *http.Request, src requestSource, tok *grants.Token) {
 	if h.header != defaultHeader {
 		delete(r.Header, defaultHeader)
 	}
-	r.Header[h.header] = []string{h.value.of(h.prefix, tok)}
+	r.Header[h.header] = []string{src.value.of(h.prefix, tok)}
 	scrubTrailer(r, h.header)
 }
 

@@ -65,8 +65,22 @@ func (s settings) key() string {
 
 // settings resolves h into settings, or says what is wrong with it.
 func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
+	return h.resolve(repl, nil)
+}
+
+// resolve resolves h into settings: each field's placeholders expanded with
+// repl, except the credential fields that creds has a value for (by field
+// id, see credFields): that value is taken as it is, never read for
+// placeholders again (a tenant's secret may have braces in it).
+func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settings, error) {
 	var s settings
 	expand := func(v string) string { return repl.ReplaceKnown(v, "") }
+	cred := func(id, v string) string {
+		if c, ok := creds[id]; ok {
+			return c
+		}
+		return expand(v)
+	}
 	s.Provider = expand(h.Provider)
 	var preset grants.Preset
 	if s.Provider != "" {
@@ -92,13 +106,13 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 		TokenURL:     tokenURL,
 		Issuer:       issuer,
 		Grant:        grants.GrantType(or(h.Grant, or(string(preset.Grant), string(grants.ClientCredentials)))),
-		ClientID:     expand(h.ClientID),
-		ClientSecret: expand(h.ClientSecret),
-		Username:     expand(h.Username),
-		Password:     expand(h.Password),
+		ClientID:     cred(fieldClientID, h.ClientID),
+		ClientSecret: cred(fieldClientSecret, h.ClientSecret),
+		Username:     cred(fieldUsername, h.Username),
+		Password:     cred(fieldPassword, h.Password),
 		ClientAuth:   grants.AuthMethod(or(h.ClientAuth, or(string(preset.ClientAuth), string(grants.AuthBasic)))),
 		Body:         grants.BodyEncoding(or(h.Body, or(string(preset.Body), string(grants.BodyForm)))),
-		Audience:     expand(h.Audience),
+		Audience:     cred(fieldAudience, h.Audience),
 		DefaultTTL:   time.Duration(h.DefaultTTL),
 		AllowHTTP:    h.AllowHTTP,
 	}
@@ -106,19 +120,19 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 	if m, err := grants.ParseAuthMethod(string(g.ClientAuth)); err == nil {
 		g.ClientAuth = m
 	}
-	for _, sc := range h.Scope {
-		g.Scopes = append(g.Scopes, expand(sc))
+	for i, sc := range h.Scope {
+		g.Scopes = append(g.Scopes, cred(fieldScope+strconv.Itoa(i), sc))
 	}
 	if len(h.Param) > 0 {
 		g.Params = make(map[string]string, len(h.Param))
 		for k, v := range h.Param {
-			g.Params[k] = expand(v)
+			g.Params[k] = cred(fieldParam+k, v)
 		}
 	}
 	if len(h.TokenHeader) > 0 {
 		g.Headers = make(map[string]string, len(h.TokenHeader))
 		for k, v := range h.TokenHeader {
-			g.Headers[http.CanonicalHeaderKey(k)] = expand(v)
+			g.Headers[http.CanonicalHeaderKey(k)] = cred(fieldTokenHeader+k, v)
 		}
 	}
 	if g.DefaultTTL == 0 {
@@ -197,7 +211,7 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 	if g.ClientAuth == grants.AuthTLSClient && (s.TLS == nil || s.TLS.ClientCert == "") {
 		return s, fmt.Errorf("client_auth %s needs tls { client_cert <cert file> <key file> }: the certificate is the client's credential", g.ClientAuth)
 	}
-	s.Name = expand(h.Name)
+	s.Name = cred(fieldName, h.Name)
 	if s.Name == "" {
 		where := g.TokenURL
 		if where == "" {

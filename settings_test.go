@@ -1,6 +1,7 @@
 package upstreamoauth
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -13,6 +14,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+
+	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
 )
 
 // TestSettingsIssuer: without token_url, issuer names the source (its host,
@@ -102,9 +106,10 @@ func writeKeyPair(t *testing.T, keyPath, certPath string) {
 }
 
 // TestShareKeyedByTheKey: with share, the record of a private_key_jwt or
-// tls_client_auth source is keyed and encrypted with the key's content, not
-// only its path (the config holds no other secret): another key in the same
-// file is another record.
+// tls_client_auth source is encrypted with the key's content, not only its
+// path (the config holds no other secret): a source with another key in
+// the same file finds the same record (its storage key holds no secret)
+// and cannot read it.
 func TestShareKeyedByTheKey(t *testing.T) {
 	if err := benchConfigOnce(); err != nil { // a running config, for the context
 		t.Fatal(err)
@@ -113,12 +118,13 @@ func TestShareKeyedByTheKey(t *testing.T) {
 	t.Cleanup(cancel)
 	dir := t.TempDir()
 	keyPath, certPath := filepath.Join(dir, "key.pem"), filepath.Join(dir, "cert.pem")
+	store := &certmagic.FileStorage{Path: t.TempDir()}
 	for _, h := range []Handler{
 		{TokenURL: "https://idp.example.com/token", ClientID: "gw", ClientAuth: "private_key_jwt", Share: true, Assertion: &Assertion{Key: keyPath}},
 		{TokenURL: "https://idp.example.com/token", ClientID: "gw", ClientAuth: "tls_client_auth", Share: true, TLS: &TLS{ClientCert: certPath, ClientKey: keyPath}},
 	} {
 		t.Run(h.ClientAuth, func(t *testing.T) {
-			storageKey := func() string {
+			source := func() *pooledSource {
 				writeKeyPair(t, keyPath, certPath)
 				s, err := h.settings(caddy.NewReplacer())
 				if err != nil {
@@ -129,11 +135,24 @@ func TestShareKeyedByTheKey(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer p.Destruct()
-				return p.shared.Key()
+				t.Cleanup(func() { _ = p.Destruct() })
+				p.shared.Storage = func() certmagic.Storage { return store }
+				return p
 			}
-			if storageKey() == storageKey() {
-				t.Errorf("two keys in the same file share one record: anyone who knows the config could read the token")
+			a, b := source(), source()
+			if a.shared.Key() != b.shared.Key() {
+				t.Errorf("the storage key depends on the key file's content: it must come from no secret")
+			}
+			now := time.Now()
+			tok := &grants.Token{AccessToken: "share-keyed-token", Lifetime: time.Hour, Obtained: now, Expiry: now.Add(time.Hour)}
+			if err := a.shared.Store(context.Background(), tok); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := b.shared.Load(context.Background()); err == nil && got != nil {
+				t.Errorf("a source with another key in the same file read the record: anyone who knows the config could read the token")
+			}
+			if got, err := a.shared.Load(context.Background()); err != nil || got == nil || got.AccessToken != tok.AccessToken {
+				t.Errorf("the source that wrote the record cannot read it: %v", err)
 			}
 		})
 	}

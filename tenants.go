@@ -2,8 +2,15 @@ package upstreamoauth
 
 import (
 	"container/list"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,4 +235,168 @@ func (t *tenantTable) Destruct() error {
 func stopTenantSource(p *pooledSource) {
 	p.Stop(!p.info.Share)
 	pendingLogouts.Go(p.WaitLogouts)
+}
+
+// The ids of the fields that may carry request placeholders (settings'
+// resolve takes their values by id). scope, param and token_header take
+// an index or a name after the prefix.
+const (
+	fieldName         = "name"
+	fieldClientID     = "client_id"
+	fieldClientSecret = "client_secret"
+	fieldUsername     = "username"
+	fieldPassword     = "password"
+	fieldAudience     = "audience"
+	fieldScope        = "scope/"
+	fieldParam        = "param/"
+	fieldTokenHeader  = "token_header/"
+)
+
+// credFields lists h's fields that may carry request placeholders, by id,
+// with their configured values.
+func (h *Handler) credFields() map[string]string {
+	f := map[string]string{
+		fieldName: h.Name, fieldClientID: h.ClientID, fieldClientSecret: h.ClientSecret,
+		fieldUsername: h.Username, fieldPassword: h.Password, fieldAudience: h.Audience,
+	}
+	for i, sc := range h.Scope {
+		f[fieldScope+strconv.Itoa(i)] = sc
+	}
+	for k, v := range h.Param {
+		f[fieldParam+k] = v
+	}
+	for k, v := range h.TokenHeader {
+		f[fieldTokenHeader+k] = v
+	}
+	return f
+}
+
+// dynamicFields compiles h's credential fields and returns those with
+// request placeholders, by id: none for a handler with static credentials.
+func (h *Handler) dynamicFields(global *caddy.Replacer) map[string]template {
+	var dyn map[string]template
+	for id, v := range h.credFields() {
+		if t := compileTemplate(v, global); t.dynamic() {
+			if dyn == nil {
+				dyn = map[string]template{}
+			}
+			dyn[id] = t
+		}
+	}
+	return dyn
+}
+
+// steeringFields are h's fields where a request placeholder would let a
+// client steer where credentials go or how: refused (global placeholders,
+// such as {env.*}, are fine).
+func (h *Handler) steeringFields() [][2]string {
+	f := [][2]string{
+		{"provider", h.Provider}, {"token_url", h.TokenURL}, {"issuer", h.Issuer},
+		{"logout_url", h.LogoutURL}, {"grant", h.Grant}, {"client_auth", h.ClientAuth},
+		{"body", h.Body}, {"header", h.Header}, {"header scheme", h.HeaderScheme},
+		{"refresh_ahead", h.RefreshAhead},
+	}
+	for k := range h.Param {
+		f = append(f, [2]string{"param name", k})
+	}
+	for k := range h.TokenHeader {
+		f = append(f, [2]string{"token_header name", k})
+	}
+	if t := h.TLS; t != nil {
+		for _, ca := range t.CA {
+			f = append(f, [2]string{"tls ca", ca})
+		}
+		f = append(f, [2]string{"tls client_cert", t.ClientCert}, [2]string{"tls client_cert key", t.ClientKey},
+			[2]string{"tls server_name", t.ServerName})
+	}
+	if a := h.Assertion; a != nil {
+		f = append(f, [2]string{"assertion key", a.Key}, [2]string{"assertion alg", a.Alg},
+			[2]string{"assertion kid", a.Kid}, [2]string{"assertion x5t", a.X5T},
+			[2]string{"assertion audience", a.Audience})
+	}
+	return f
+}
+
+// checkSteering refuses a request placeholder in a field of steeringFields.
+func (h *Handler) checkSteering() error {
+	for _, f := range h.steeringFields() {
+		if ph := requestPlaceholder(f[1]); ph != "" {
+			return steeringError(f[0], ph)
+		}
+	}
+	return nil
+}
+
+func steeringError(field, placeholder string) error {
+	return fmt.Errorf("%s: request placeholder %s is not allowed here (no client may steer where credentials go); "+
+		"per-request values go in client_id, client_secret, username, password, scope, audience, name, param and token_header values",
+		field, placeholder)
+}
+
+// provisionTenants attaches h to the tenant table of its settings, making
+// it if no handler (in this config or the one before a reload) has it.
+func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dyn map[string]template) error {
+	// The settings with each dynamic field standing as its template: they
+	// are checked, name the handler, and key its table.
+	raw := map[string]string{}
+	for id, t := range dyn {
+		raw[id] = t.raw
+	}
+	s, err := h.resolve(global, raw)
+	if err != nil {
+		return err
+	}
+	s.digestFiles()
+	// The handler's name: its name, or its name's template, or the
+	// default with the client id's template ("1nce:{tenant_user}").
+	name := s.Name
+	maxSources := h.MaxSources
+	if maxSources == 0 {
+		maxSources = defaultMaxSources
+	}
+	keyed := struct {
+		Settings   settings `json:"settings"`
+		MaxSources int      `json:"max_sources"`
+	}{s, maxSources}
+	b, _ := json.Marshal(keyed) //nolint:gosec // G117: hashed, never stored or shown
+	sum := sha256.Sum256(append([]byte("tenants\x00"), b...))
+	h.key = hex.EncodeToString(sum[:])
+
+	hc, err := tokenHTTPClient(ctx, s.TLS)
+	if err != nil {
+		return err
+	}
+	ids := slices.Sorted(maps.Keys(dyn))
+	var keyOf []template
+	for _, id := range ids {
+		if id != fieldName {
+			keyOf = append(keyOf, dyn[id])
+		}
+	}
+	files, staticName := s.Files, h.Name
+	_, nameDynamic := dyn[fieldName]
+	maker := func(repl *caddy.Replacer) (*pooledSource, error) {
+		vals := make(map[string]string, len(dyn))
+		for id, t := range dyn {
+			vals[id] = t.valueFor(repl)
+		}
+		ts, err := h.resolve(global, vals)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errIncomplete, err)
+		}
+		ts.Files = files
+		if staticName != "" && !nameDynamic {
+			ts.Name = staticName + ":" + ts.Grants.ClientIdentity()
+		}
+		return newSource(ts, hc, name)
+	}
+	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		return newTenantTable(name, keyOf, maker, maxSources, defaultIdle), nil
+	})
+	if err != nil {
+		h.key = ""
+		return err
+	}
+	h.tenants = val.(*tenantTable)
+	return nil
 }

@@ -88,6 +88,9 @@ type Source struct {
 	flight  *flight
 	timer   *time.Timer
 	refresh string // refresh token of the last response, if any
+	// private: refresh was obtained by this instance's own token request
+	// and never stored, so no other instance can have redeemed it.
+	private bool
 	retired string // access token last retired, never to be taken back from storage
 	stopped bool
 	ctx     context.Context
@@ -266,21 +269,23 @@ func (s *Source) startLocked(force bool) *flight {
 func (s *Source) run(f *flight) {
 	defer s.wg.Done()
 	s.mu.Lock()
-	refresh := s.refresh
-	avoid := map[string]bool{s.retired: true}
+	a := attempt{refresh: s.refresh, private: s.private, retired: s.retired}
 	if cur := s.snap.Load().tok; cur != nil {
-		avoid[cur.AccessToken] = true
+		a.current = cur.AccessToken
+		if time.Now().Before(cur.Expiry) {
+			a.validUntil = cur.Expiry
+		}
 	}
 	s.mu.Unlock()
 
-	tok, res := s.obtain(refresh, avoid)
+	tok, res, private := s.obtain(a)
 
 	s.mu.Lock()
 	old := s.snap.Load()
 	now := time.Now()
 	var next *snapshot
 	if res.Err == nil {
-		s.refresh = tok.RefreshToken
+		s.refresh, s.private = tok.RefreshToken, private
 		next = &snapshot{tok: tok, renewAt: s.renewAt(tok)}
 		// Only reads of this token count as use: the request that asked
 		// for it does not, or a one-off request would cost a renewal.
@@ -288,7 +293,7 @@ func (s *Source) run(f *flight) {
 		s.lastSuccess.Store(now.UnixNano())
 		s.scheduleLocked(next.renewAt.Sub(now))
 	} else {
-		if refresh != "" {
+		if a.refresh != "" {
 			s.refresh = "" // it failed, and so did the configured grant
 		}
 		next = &snapshot{err: res.Err, failures: old.failures + 1}
@@ -309,17 +314,45 @@ func (s *Source) run(f *flight) {
 	s.report(res, next, old)
 }
 
+// attempt is what a token request starts from.
+type attempt struct {
+	refresh string // refresh token of the token held, if any
+	// private: refresh was obtained by this instance's own token request
+	// and never stored.
+	private bool
+	current string // access token held: not to be taken back from storage
+	// retired is the access token last retired: neither it nor its refresh
+	// token is taken back from storage.
+	retired    string
+	validUntil time.Time // when the token held expires; zero: none is valid
+}
+
+// avoids reports whether tok is not to be taken back from storage.
+func (a attempt) avoids(tok *grants.Token) bool {
+	return tok.AccessToken == a.current || tok.AccessToken == a.retired
+}
+
 // obtain gets a new token: through shared storage when the source shares
 // (falling back to its own request when the storage fails), else from the
-// provider. avoid lists tokens not to take back from storage (the current
-// one and the last one retired).
-func (s *Source) obtain(refresh string, avoid map[string]bool) (*grants.Token, Result) {
-	if sh := s.opts.Shared; sh != nil {
-		if tok, res, ok := s.obtainShared(sh, refresh, avoid); ok {
-			return tok, res
-		}
+// provider. A shared source that fetches on its own uses only a refresh
+// token it obtained on its own and never stored (else the configured
+// grant): one that went through the storage may have been redeemed by
+// another instance. The result tells whether the new token is such a
+// private one.
+func (s *Source) obtain(a attempt) (*grants.Token, Result, bool) {
+	sh := s.opts.Shared
+	if sh == nil {
+		tok, res := s.fetch(a.refresh)
+		return tok, res, true
 	}
-	return s.fetch(refresh)
+	if !a.private {
+		a.refresh = ""
+	}
+	if tok, res, ok := s.obtainShared(sh, a); ok {
+		return tok, res, false
+	}
+	tok, res := s.fetch(a.refresh)
+	return tok, res, true
 }
 
 // fetch asks the provider for a token: with the refresh token first, when

@@ -23,21 +23,21 @@ import (
 
 // instance is one Caddy process of a fleet.
 type instance struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	addr string
-	log  string
-	done chan struct{}
+	t     *testing.T
+	cmd   *exec.Cmd
+	addr  string // host:port of the site
+	admin string // host:port of the admin endpoint
+	log   string
+	done  chan struct{}
 }
 
 // startInstance runs the xcaddy-built Caddy with the global storage option
 // storage and a site that proxies to b with p's token, shared.
 func startInstance(t *testing.T, storage string, p *emulator.Provider, b *emulator.Backend) *instance {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	log := filepath.Join(logDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), freePort(t)))
-	return startBinary(t, addr, log, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
+	return launch(t, func(in *instance) string {
+		return fmt.Sprintf(`{
+	admin %s
 	auto_https off
 	%s
 	log {
@@ -48,17 +48,24 @@ func startInstance(t *testing.T, storage string, p *emulator.Provider, b *emulat
 http://%s {
 %s	reverse_proxy %s
 }
-`, freePort(t), storage, log, addr, block(p, "share"), b.URL()))
+`, in.admin, storage, in.log, in.addr, block(p, "share"), b.URL())
+	})
 }
 
-// startBinary runs the xcaddy-built Caddy with config, which serves addr
-// and logs to log, until the test ends (SIGKILL, as a crash would).
-func startBinary(t *testing.T, addr, log, config string) *instance {
+// launch runs the xcaddy-built Caddy with the Caddyfile that config writes
+// for in, whose addr, admin and log are set, and waits until it serves.
+func launch(t *testing.T, config func(in *instance) string) *instance {
 	t.Helper()
 	dir := t.TempDir()
-	in := &instance{t: t, addr: addr, log: log, done: make(chan struct{})}
+	in := &instance{
+		t:     t,
+		addr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		log:   filepath.Join(logDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), freePort(t))),
+		done:  make(chan struct{}),
+	}
 	file := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(config(in)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	in.cmd = exec.Command(caddyBinary(t), "run", "--config", file)
@@ -123,8 +130,27 @@ func startRedis(t *testing.T) string {
 	return addr
 }
 
-// runRedis starts redis-server on addr and returns a function that kills it.
-func runRedis(t *testing.T, addr string) (kill func()) {
+// redisServer is a redis-server process of a test.
+type redisServer struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// kill ends it at once.
+func (r *redisServer) kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// pause freezes it (SIGSTOP): connections are accepted and never answered,
+// as with a server that hangs or a network that drops packets.
+func (r *redisServer) pause() { _ = r.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// resume lets it run again (SIGCONT).
+func (r *redisServer) resume() { _ = r.cmd.Process.Signal(syscall.SIGCONT) }
+
+// runRedis starts redis-server on addr, killed when the test ends.
+func runRedis(t *testing.T, addr string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -135,13 +161,9 @@ func runRedis(t *testing.T, addr string) (kill func()) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	kill = func() {
-		_ = cmd.Process.Kill()
-		<-done
-	}
-	t.Cleanup(kill)
+	r := &redisServer{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(r.done) }()
+	t.Cleanup(r.kill)
 	if !eventually(10*time.Second, func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -154,7 +176,7 @@ func runRedis(t *testing.T, addr string) (kill func()) {
 	}) {
 		t.Fatalf("redis-server did not start on %s", addr)
 	}
-	return kill
+	return r
 }
 
 func fileStorage(dir string) string { return "storage file_system " + dir }
@@ -277,14 +299,14 @@ func TestFleetRenewOnShared(t *testing.T) {
 // say so; when it is back, they share again.
 func TestFleetStorageOutage(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	killRedis := runRedis(t, addr)
+	server := runRedis(t, addr)
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
 	in := startInstance(t, redisStorage(addr), p, b)
 	if st := in.get("/"); st != http.StatusOK {
 		t.Fatalf("status %d", st)
 	}
-	killRedis()
+	server.kill()
 	p.RevokeAll()
 	if st := in.get("/outage"); st != http.StatusOK {
 		t.Fatalf("during the outage: status %d, want 200 (fetched on its own)", st)
@@ -293,12 +315,24 @@ func TestFleetStorageOutage(t *testing.T) {
 		t.Errorf("the outage was not logged")
 	}
 	runRedis(t, addr)
-	p.RevokeAll()
+	// After a failure the storage is left untried for a while (2s at
+	// first): renewals until then fetch on their own, and the first one
+	// after it finds the storage back.
+	back := false
+	for deadline := time.Now().Add(20 * time.Second); !back && time.Now().Before(deadline); {
+		if st := in.renew("oneio:client-oneio"); st != http.StatusOK {
+			t.Fatalf("after the outage: renewal status %d", st)
+		}
+		back = strings.Contains(in.logText(), "shared storage is back")
+		if !back {
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	if !back {
+		t.Errorf("the return to sharing was not logged")
+	}
 	if st := in.get("/back"); st != http.StatusOK {
 		t.Fatalf("after the outage: status %d", st)
-	}
-	if !eventually(5*time.Second, func() bool { return strings.Contains(in.logText(), "shared storage is back") }) {
-		t.Errorf("the return to sharing was not logged")
 	}
 	// Sharing again: a second instance takes the stored token.
 	before := p.TokenRequests()

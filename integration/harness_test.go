@@ -70,6 +70,8 @@ var (
 	providers      []*emulator.Provider
 	idps           []*emulator.IdP
 	runtimeSecrets []string
+	// tenantProviders counts the TenantProviders started (tenants_test.go).
+	tenantProviders int
 )
 
 // checkLogsForLeaks reads every log that every Caddy of the run wrote (all
@@ -83,6 +85,12 @@ func checkLogsForLeaks() error {
 	}
 	for _, p := range idps {
 		leaks = append(append(append(leaks, p.Tokens()...), p.RefreshTokens()...), p.Assertions()...)
+	}
+	if tenantProviders > 0 {
+		// Every token a TenantProvider issues starts tnt-, and every
+		// tenant secret the tests configure ends -Qv7: any occurrence is a
+		// leak (thousands of tenants, so no list of each).
+		leaks = append(leaks, emulator.TenantTokenPrefix, tenantSecretMark)
 	}
 	tokens := len(leaks)
 	leaks = append(append(leaks, secrets()...), runtimeSecrets...)
@@ -246,13 +254,21 @@ func (g *gateway) logText() string {
 // startProvider starts an emulator of kind with fixed test credentials.
 func startProvider(t *testing.T, kind emulator.Kind) *emulator.Provider {
 	t.Helper()
-	p := emulator.New(emulator.Config{
+	return startProviderConfig(t, emulator.Config{
 		Kind:         kind,
 		ClientID:     "client-" + string(kind),
 		ClientSecret: "secret-" + string(kind) + "-Zq8",
 		Username:     "user-" + string(kind),
 		Password:     "password-" + string(kind) + "-Xk3",
 	})
+}
+
+// startProviderConfig starts an emulator of cfg, whose tokens the leak
+// check looks for, and fails the test on any violation it saw.
+func startProviderConfig(t *testing.T, cfg emulator.Config) *emulator.Provider {
+	t.Helper()
+	kind := cfg.Kind
+	p := emulator.New(cfg)
 	p.Start()
 	providersMu.Lock()
 	providers = append(providers, p)
@@ -321,7 +337,7 @@ func secrets() []string {
 	for _, k := range []emulator.Kind{emulator.OneNCE, emulator.ONEiO, emulator.Telenor} {
 		out = append(out, "secret-"+string(k)+"-Zq8", "password-"+string(k)+"-Xk3")
 	}
-	return out
+	return append(out, rotatedSecret)
 }
 
 // eventually polls cond every 20ms until it holds or d passes.

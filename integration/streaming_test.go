@@ -142,10 +142,9 @@ func TestDuplexStreamH2C(t *testing.T) {
 	go echo.Serve(l)
 	t.Cleanup(func() { echo.Close() })
 
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	log := filepathJoinLog(t)
-	startBinary(t, addr, log, fmt.Sprintf(`{
-	admin localhost:%d
+	in := launch(t, func(in *instance) string {
+		return fmt.Sprintf(`{
+	admin %s
 	auto_https off
 	servers {
 		protocols h1 h2c
@@ -165,7 +164,9 @@ http://%s {
 		flush_interval -1
 	}
 }
-`, freePort(t), log, addr, p.TokenURL(), l.Addr()))
+`, in.admin, in.log, in.addr, p.TokenURL(), l.Addr())
+	})
+	addr := in.addr
 
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
@@ -226,12 +227,6 @@ http://%s {
 		}
 	}
 	pw.Close()
-}
-
-// filepathJoinLog is the DEBUG log file of the running test, in the
-// leak-checked directory.
-func filepathJoinLog(t *testing.T) string {
-	return logDir + "/" + strings.ReplaceAll(t.Name(), "/", "_") + ".log"
 }
 
 // TestExpectContinue: a client that sends Expect: 100-continue gets its

@@ -616,6 +616,71 @@ func TestHang(t *testing.T) {
 	}
 }
 
+// TestLoseAnswer: the exchange is committed (the refresh token is used up,
+// tokens are issued) and the client gets no answer; a second use of that
+// refresh token is a reuse.
+func TestLoseAnswer(t *testing.T) {
+	cfg := config(Telenor)
+	cfg.IssueRefreshTokens = true
+	p := start(t, cfg)
+	_, r1 := token(t, send(t, p.URL(), good(Telenor)))
+	p.SetMode(LoseAnswer)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	q := refreshReq(r1)
+	hr, _ := http.NewRequestWithContext(ctx, q.method, p.TokenURL(), strings.NewReader(q.body))
+	hr.Header = q.header
+	if resp, err := http.DefaultClient.Do(hr); err == nil {
+		resp.Body.Close()
+		t.Fatalf("LoseAnswer answered %d", resp.StatusCode)
+	}
+	if p.RefreshGrants() != 1 || p.Issued() != 2 {
+		t.Errorf("refresh grants %d, issued %d: want 1, 2 (committed)", p.RefreshGrants(), p.Issued())
+	}
+
+	// Leaving the mode drops a waiting request without an answer.
+	done := make(chan error)
+	go func() { _, err := do(p.URL(), good(Telenor)); done <- err }()
+	for p.TokenRequests() < 3 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.SetMode(Up)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("released request got an answer")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not released")
+	}
+	if res := send(t, p.URL(), refreshReq(r1)); res.status != 401 {
+		t.Errorf("the lost exchange's refresh token again: %d", res.status)
+	}
+	if v := p.Violations(); len(v) != 1 || !strings.Contains(v[0], "already used") {
+		t.Errorf("violations %q, want one reuse", v)
+	}
+}
+
+// TestMaxInFlight counts token requests served at once.
+func TestMaxInFlight(t *testing.T) {
+	p := start(t, config(ONEiO))
+	p.SetSlowDelay(300 * time.Millisecond)
+	p.SetMode(Slow)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			if res, err := do(p.URL(), good(ONEiO)); err != nil || res.status != 200 {
+				t.Errorf("slow token request: %v %d", err, res.status)
+			}
+		})
+	}
+	wg.Wait()
+	send(t, p.URL(), good(ONEiO))
+	if got := p.MaxInFlight(); got != 3 {
+		t.Errorf("MaxInFlight %d, want 3", got)
+	}
+}
+
 func callBackend(t *testing.T, b *Backend, auth, body string) result {
 	t.Helper()
 	q := req{http.MethodPost, "/api/v2", http.Header{}, body}

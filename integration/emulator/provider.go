@@ -94,6 +94,13 @@ const (
 	// done, without writing. Leaving Hang with SetMode releases waiting requests,
 	// which are then answered in the new mode; Close answers them as Down.
 	Hang
+	// LoseAnswer grants a well-formed token request as Up does (a refresh
+	// token in it is used up, new tokens are issued) but never answers: the
+	// handler waits until the request's context is done, the mode changes
+	// or Close, then drops the connection. It is a client that died, or a
+	// connection that broke, after the provider committed the exchange.
+	// Logout is served as Up.
+	LoseAnswer
 )
 
 // String returns the mode's name.
@@ -111,6 +118,8 @@ func (m Mode) String() string {
 		return "RejectCredentials"
 	case Hang:
 		return "Hang"
+	case LoseAnswer:
+		return "LoseAnswer"
 	}
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
@@ -149,10 +158,11 @@ type Provider struct {
 
 	tokenRequests, issued, refreshGrants atomic.Int64
 	logoutRequests, logouts              atomic.Int64
+	inFlight, maxInFlight                atomic.Int64
 
 	mu           sync.Mutex
 	mode         Mode
-	release      chan struct{} // closed when the mode leaves Hang
+	release      chan struct{} // closed when the mode leaves Hang or LoseAnswer
 	slowDelay    time.Duration
 	ttl          time.Duration
 	issueRefresh bool
@@ -250,7 +260,7 @@ func (p *Provider) LogoutURL() string {
 func (p *Provider) SetMode(m Mode) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.mode == Hang && m != Hang {
+	if (p.mode == Hang || p.mode == LoseAnswer) && m != p.mode {
 		close(p.release)
 		p.release = make(chan struct{})
 	}
@@ -284,6 +294,10 @@ func (p *Provider) SetIssueRefreshTokens(on bool) {
 
 // TokenRequests counts every request to the token path, whatever the outcome.
 func (p *Provider) TokenRequests() int64 { return p.tokenRequests.Load() }
+
+// MaxInFlight is the largest number of token requests that were being
+// served at once so far.
+func (p *Provider) MaxInFlight() int64 { return p.maxInFlight.Load() }
 
 // Issued counts access tokens issued (by any grant, refresh included).
 func (p *Provider) Issued() int64 { return p.issued.Load() }
@@ -392,6 +406,10 @@ func (p *Provider) flavor() flavor {
 
 func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 	p.tokenRequests.Add(1)
+	n := p.inFlight.Add(1)
+	defer p.inFlight.Add(-1)
+	for m := p.maxInFlight.Load(); n > m && !p.maxInFlight.CompareAndSwap(m, n); m = p.maxInFlight.Load() {
+	}
 	fl := p.flavor()
 	c := &check{}
 	req := fl.check(p, c, w, r)
@@ -408,10 +426,30 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 		resp = c.resp
 	case mode == RejectCredentials:
 		resp = fl.badCredentials(req)
+	case mode == LoseAnswer:
+		p.grant(c, req) // committed, and the answer is lost
+		p.finish(w, r, c, nil)
+		p.hold(r.Context())
+		panic(http.ErrAbortHandler) // the connection drops without an answer
 	default:
 		resp = p.grant(c, req)
 	}
 	p.finish(w, r, c, resp)
+}
+
+// hold waits until ctx is done, the mode changes from LoseAnswer or p closes.
+func (p *Provider) hold(ctx context.Context) {
+	p.mu.Lock()
+	release, mode := p.release, p.mode
+	p.mu.Unlock()
+	if mode != LoseAnswer {
+		return // it changed since the request arrived
+	}
+	select {
+	case <-ctx.Done():
+	case <-release:
+	case <-p.closing:
+	}
 }
 
 // grant issues tokens for a well-formed request, redeeming its refresh token.
@@ -465,7 +503,7 @@ func (p *Provider) await(ctx context.Context) (Mode, bool) {
 			case <-t.C:
 				return Up, true
 			}
-		case Up, Down, Garbage, RejectCredentials:
+		case Up, Down, Garbage, RejectCredentials, LoseAnswer:
 		}
 		return m, true
 	}

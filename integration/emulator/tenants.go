@@ -41,6 +41,10 @@ type TenantProvider struct {
 	rejected   int64
 }
 
+// TenantTokenPrefix starts every token a TenantProvider issues (for leak
+// checks that look for any of them).
+const TenantTokenPrefix = "tnt-"
+
 // TenantTokenPath is the token endpoint's path.
 const TenantTokenPath = "/oauth2/token" //nolint:gosec // G101: a path, not a credential
 
@@ -189,7 +193,7 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	raw := make([]byte, 18)
 	_, _ = rand.Read(raw)
-	tok := "tnt-" + base64.RawURLEncoding.EncodeToString(raw)
+	tok := TenantTokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	p.mu.Lock()
 	p.tokenOf[tok] = id
 	ttl := p.ttl
@@ -198,12 +202,13 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // TenantBackend is an upstream that accepts a request only if its bearer
-// token was issued, by the provider, to the tenant the request names in
-// its TenantHeader; it counts the requests whose token belongs to another
-// tenant (CrossTenant).
+// token was issued, by the provider, to the client of the tenant the
+// request names in its TenantHeader; it counts the requests whose token
+// belongs to another tenant (CrossTenant).
 type TenantBackend struct {
-	p   *TenantProvider
-	srv *httptest.Server
+	p        *TenantProvider
+	clientOf func(tenant string) string
+	srv      *httptest.Server
 
 	accepted, cross, unknown atomic.Int64
 }
@@ -211,9 +216,10 @@ type TenantBackend struct {
 // TenantHeader names the tenant a request is for.
 const TenantHeader = "X-Tenant"
 
-// NewTenantBackend starts a backend that trusts p's tokens.
-func NewTenantBackend(p *TenantProvider) *TenantBackend {
-	b := &TenantBackend{p: p}
+// NewTenantBackend starts a backend that trusts p's tokens; clientOf is the
+// client id of a tenant, as the gateway's config maps it.
+func NewTenantBackend(p *TenantProvider, clientOf func(tenant string) string) *TenantBackend {
+	b := &TenantBackend{p: p, clientOf: clientOf}
 	b.srv = httptest.NewServer(b)
 	return b
 }
@@ -245,7 +251,7 @@ func (b *TenantBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case owner == "":
 		b.unknown.Add(1)
 		http.Error(w, "unknown token", http.StatusUnauthorized)
-	case owner != named:
+	case owner != b.clientOf(named):
 		b.cross.Add(1)
 		http.Error(w, "another tenant's token", http.StatusForbidden)
 	default:
