@@ -168,7 +168,8 @@ type Handler struct {
 	MaxSources int `json:"max_sources,omitempty"`
 
 	src     *pooledSource
-	tenants *tenantTable // per-request credentials: a source per tenant, instead of src
+	static  requestSource // src, as the request path takes it
+	tenants *tenantTable  // per-request credentials: a source per tenant, instead of src
 	key     string
 	header  string
 	prefix  string
@@ -284,6 +285,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.src = val.(*pooledSource)
+	h.static = requestSource{h.src.Source, h.src, h.value}
 	return nil
 }
 

@@ -83,7 +83,9 @@ func tokenHTTPClient(ctx caddy.Context, t *TLS) (*http.Client, error) {
 
 // newSource builds the token client and source for s, whose requests go
 // through hc. A tenant's source (tenants.go) has its handler's name as
-// metric, the label of its metrics; "" is s's own name.
+// metric, the label of its metrics ("" is s's own name), and keeps its
+// token's header value itself (s.prefix and the token: a tenant's source
+// serves one handler).
 func newSource(s settings, hc *http.Client, metric string) (*pooledSource, error) {
 	client, err := grants.NewClient(s.Grants, hc)
 	if err != nil {
@@ -102,7 +104,9 @@ func newSource(s settings, hc *http.Client, metric string) (*pooledSource, error
 		Timeout:         s.Timeout,
 		// The source outlives the config that made it: it logs through
 		// the logger of whichever config is running.
-		Logger: runningLogger,
+		Logger:       runningLogger,
+		Header:       metric != "",
+		HeaderPrefix: s.prefix,
 	}
 	var shared *cache.Shared
 	if s.Share {

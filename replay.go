@@ -24,24 +24,24 @@ import (
 // bodyRecorder keeps what the upstream read, up to 64 KiB); a refusal is
 // held back only while its body is at most 64 KiB, and streams through
 // beyond.
-func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, src requestSource, tok *grants.Token) error {
+func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, src *requestSource, tok *grants.Token, value string) error {
 	body := watchBody(r, h.header, true)
 	rw := newRefusalWriter(w, h.renewOn, h.layout, body.mayReplay())
 	defer rw.release()
-	h.setToken(r, src, tok)
+	h.setToken(r, value)
 	err := next.ServeHTTP(rw, r)
 	if rw.status == 0 || !slices.Contains(h.renewOn, rw.status) {
 		return err // passed through, or nothing written: not a refusal
 	}
 	// The upstream refused the token: retire it (once, however many
 	// requests saw it refused, and not sooner than the spacing allows).
-	if src.Retire(tok) {
-		metricUpstreamRenewal(src.metric, rw.status)
+	if src.cs.Retire(tok) {
+		metricUpstreamRenewal(src.p.metric, rw.status)
 	}
 	if !rw.held || err != nil {
 		return err // streamed through already (over 64 KiB, or not replayable)
 	}
-	tok2, terr := h.token(w, r, src)
+	tok2, value2, terr := h.token(w, r, src)
 	if terr != nil {
 		// The 502 goes out with the header as it was before the upstream
 		// answered, plus token's Retry-After: none of the refused answer's
@@ -62,7 +62,7 @@ func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next cad
 	}
 	rw.restoreHeader()
 	r = withOwnVars(r)
-	h.setToken(r, src, tok2)
+	h.setToken(r, value2)
 	r.Body = replay
 	return next.ServeHTTP(w, r)
 }

@@ -19,38 +19,41 @@ import (
 // ServeHTTP sets the token on the request and calls next. With renew_on
 // statuses configured, the upstream's answer is watched (replay.go).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	src, err := h.source(r)
-	if err != nil {
-		return err
+	src := &h.static
+	if h.tenants != nil {
+		var err error
+		if src, err = h.tenantSource(r); err != nil {
+			return err
+		}
 	}
-	tok, err := h.token(w, r, src)
+	tok, value, err := h.token(w, r, src)
 	if err != nil {
 		return err
 	}
 	if len(h.renewOn) > 0 {
-		return h.serveWatching(w, r, next, src, tok)
+		return h.serveWatching(w, r, next, src, tok, value)
 	}
 	if r.Trailer != nil {
 		watchBody(r, h.header, false) // trailers are scrubbed at the body's end
 	}
-	h.setToken(r, src, tok)
+	h.setToken(r, value)
 	return next.ServeHTTP(w, r)
 }
 
-// requestSource is the token source of a request, and the header value of
-// its token.
+// requestSource is the token source of a request. cs is p's cache.Source,
+// for the request path to reach in one step; p's description is read only
+// when something goes wrong. value builds the header value of a static
+// source's tokens; a tenant's source keeps it itself (value nil).
 type requestSource struct {
-	*pooledSource
+	cs    *cache.Source
+	p     *pooledSource
 	value *headerValue
 }
 
-// source is the request's token source: the handler's, or with
-// per-request credentials its tenant's (a 403 error when the credentials
-// resolve incomplete: nothing is forwarded, and no token requested).
-func (h *Handler) source(r *http.Request) (requestSource, error) {
-	if h.tenants == nil {
-		return requestSource{h.src, h.value}, nil
-	}
+// tenantSource is the token source of the request's tenant, with
+// per-request credentials (a 403 error when the credentials resolve
+// incomplete: nothing is forwarded, and no token requested).
+func (h *Handler) tenantSource(r *http.Request) (*requestSource, error) {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		repl = caddy.NewEmptyReplacer()
@@ -64,39 +67,53 @@ func (h *Handler) source(r *http.Request) (requestSource, error) {
 		if errors.Is(err, errTableClosed) {
 			status = http.StatusBadGateway
 		}
-		return requestSource{}, caddyhttp.Error(status, fmt.Errorf("upstream_oauth %s: %w", h.tenants.name, err))
+		return nil, caddyhttp.Error(status, fmt.Errorf("upstream_oauth %s: %w", h.tenants.name, err))
 	}
-	return requestSource{tn.src, &tn.value}, nil
+	return &tn.rs, nil
 }
 
-// token returns the source's token, or the 502 error to answer with.
-func (h *Handler) token(w http.ResponseWriter, r *http.Request, src requestSource) (*grants.Token, error) {
-	tok, err := src.Get(r.Context())
-	if err == nil {
-		return tok, nil
+// token returns the source's token and its header value, or the 502 error
+// to answer with.
+func (h *Handler) token(w http.ResponseWriter, r *http.Request, src *requestSource) (*grants.Token, string, error) {
+	if src.value != nil {
+		tok, err := src.cs.Get(r.Context())
+		if err != nil {
+			return nil, "", h.noToken(w, src, err)
+		}
+		return tok, src.value.of(h.prefix, tok), nil
 	}
+	tok, value, err := src.cs.GetHeader(r.Context())
+	if err != nil {
+		return nil, "", h.noToken(w, src, err)
+	}
+	return tok, value, nil
+}
+
+// noToken is the 502 error of a request that src has no token for, with
+// a Retry-After while src backs off.
+func (h *Handler) noToken(w http.ResponseWriter, src *requestSource, err error) error {
 	if ue, ok := errors.AsType[*cache.UnavailableError](err); ok && ue.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ue.RetryAfter.Seconds()))))
 	}
-	name := src.info.Name
+	name := src.p.info.Name
 	if c := h.logger.Check(zap.DebugLevel, "no token for request"); c != nil {
 		c.Write(zap.String("source", name), zap.Error(err))
 	}
-	metricNoToken(src.metric)
-	return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream_oauth %s: %w", name, err))
+	metricNoToken(src.p.metric)
+	return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream_oauth %s: %w", name, err))
 }
 
-// setToken puts tok on r, replacing what the client sent; the client's own
+// setToken puts the token's header value on r, replacing what the client sent; the client's own
 // Authorization never reaches the upstream, neither as a header nor as a
 // trailer (watchBody deletes trailers that net/http fills in later).
 //
 // h.header is canonical (settings made it so): the map is written directly,
 // as Header.Set would after canonicalizing the key again.
-func (h *Handler) setToken(r *http.Request, src requestSource, tok *grants.Token) {
+func (h *Handler) setToken(r *http.Request, value string) {
 	if h.header != defaultHeader {
 		delete(r.Header, defaultHeader)
 	}
-	r.Header[h.header] = []string{src.value.of(h.prefix, tok)}
+	r.Header[h.header] = []string{value}
 	scrubTrailer(r, h.header)
 }
 

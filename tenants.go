@@ -1,7 +1,6 @@
 package upstreamoauth
 
 import (
-	"container/list"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -43,13 +42,14 @@ type tenantTable struct {
 	max   int            // max_sources
 	idle  time.Duration  // unused this long, a source is stopped
 	tick  time.Duration  // how often idle sources are looked for
-	clock atomic.Int64   // ticks since the table was made, advanced by the janitor
-	keys  sync.Pool      // *[]byte buffers for keys
+	clock func() int64   // the table's clock: time.Since its birth (tests set their own)
 	stats *tenantMetrics // created, evicted, live
 
-	mu      sync.Mutex
-	entries map[string]*list.Element // key → element of lru, holding a *tenant
-	lru     list.List                // most recently used first
+	// entries is read under mu's read lock on every request (a map index
+	// with the key's bytes allocates nothing); made and evicted under its
+	// write lock. Least recently used is by each tenant's lastUsed.
+	mu      sync.RWMutex
+	entries map[string]*tenant
 	timer   *time.Timer
 	closed  bool
 }
@@ -62,12 +62,12 @@ type tenantMaker func(repl *caddy.Replacer) (*pooledSource, error)
 // answered 403, and no token is requested.
 var errIncomplete = errors.New("the request's credentials are incomplete")
 
-// tenant is a table's entry: a tenant's source and its header value.
+// tenant is a table's entry: a tenant's source.
 type tenant struct {
 	key      string
+	rs       requestSource // the source, as the request path takes it
 	src      *pooledSource
-	value    headerValue
-	lastUsed atomic.Int64 // the table's clock when last used
+	lastUsed atomic.Int64 // the table's clock (time since born) when last used
 }
 
 // Defaults of the tenant table.
@@ -77,9 +77,10 @@ const (
 )
 
 func newTenantTable(name string, keyOf []template, maker tenantMaker, maxSources int, idle time.Duration) *tenantTable {
-	t := &tenantTable{name: name, keyOf: keyOf, make: maker, max: maxSources, idle: idle, entries: map[string]*list.Element{}}
+	born := time.Now()
+	t := &tenantTable{name: name, keyOf: keyOf, make: maker, max: maxSources, idle: idle, entries: map[string]*tenant{},
+		clock: func() int64 { return int64(time.Since(born)) }}
 	t.tick = max(idle/60, time.Second)
-	t.keys.New = func() any { b := make([]byte, 0, 128); return &b }
 	t.stats = tenantStats(name)
 	t.timer = time.AfterFunc(t.tick, t.sweep)
 	return t
@@ -88,26 +89,20 @@ func newTenantTable(name string, keyOf []template, maker tenantMaker, maxSources
 // source returns the source of the tenant whose request has repl, making it
 // on first use.
 func (t *tenantTable) source(repl *caddy.Replacer) (*tenant, error) {
-	bp := t.keys.Get().(*[]byte)
-	key := t.appendKey((*bp)[:0], repl)
-	t.mu.Lock()
-	if el, ok := t.entries[string(key)]; ok {
-		t.lru.MoveToFront(el)
-		t.mu.Unlock()
-		*bp = key
-		t.keys.Put(bp)
-		tn := el.Value.(*tenant)
-		if now := t.clock.Load(); tn.lastUsed.Load() != now {
-			tn.lastUsed.Store(now)
-		}
+	var buf [256]byte // on the stack: a key longer than that goes to the heap
+	key := t.appendKey(buf[:0], repl)
+	t.mu.RLock()
+	tn, ok := t.entries[string(key)]
+	t.mu.RUnlock()
+	if ok {
+		tn.lastUsed.Store(t.now())
 		return tn, nil
 	}
-	t.mu.Unlock()
-	ks := string(key)
-	*bp = key
-	t.keys.Put(bp)
-	return t.add(ks, repl)
+	return t.add(string(key), repl)
 }
+
+// now is the table's clock: the monotonic time since it was made.
+func (t *tenantTable) now() int64 { return t.clock() }
 
 // appendKey appends the key of the request's tenant: each dynamic field's
 // value, after its length.
@@ -123,13 +118,16 @@ func (t *tenantTable) appendKey(dst []byte, repl *caddy.Replacer) []byte {
 
 // add makes the source of a tenant not in the table yet. Two requests of
 // one new tenant at once make one source: the second finds the first's.
+// Beyond max_sources, the least recently used source is stopped (found by
+// a scan: a source is made once per tenant, and its token request costs
+// far more).
 func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
 	src, err := t.make(repl)
 	if err != nil {
 		return nil, err
 	}
-	tn := &tenant{key: key, src: src}
-	tn.lastUsed.Store(t.clock.Load())
+	tn := &tenant{key: key, rs: requestSource{cs: src.Source, p: src}, src: src}
+	tn.lastUsed.Store(t.now())
 	var evicted []*tenant
 	t.mu.Lock()
 	if t.closed {
@@ -137,17 +135,16 @@ func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
 		stopTenantSource(src)
 		return nil, errTableClosed
 	}
-	if el, ok := t.entries[key]; ok { // made meanwhile
-		t.lru.MoveToFront(el)
+	if cur, ok := t.entries[key]; ok { // made meanwhile
 		t.mu.Unlock()
 		stopTenantSource(src)
-		return el.Value.(*tenant), nil
+		return cur, nil
 	}
-	t.entries[key] = t.lru.PushFront(tn)
-	for t.lru.Len() > t.max {
-		evicted = append(evicted, t.removeLocked(t.lru.Back()))
+	t.entries[key] = tn
+	for len(t.entries) > t.max {
+		evicted = append(evicted, t.removeLRULocked(tn))
 	}
-	live := t.lru.Len()
+	live := len(t.entries)
 	t.mu.Unlock()
 	t.stats.created.Inc()
 	t.stats.live.Set(float64(live))
@@ -162,32 +159,34 @@ func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
 // go of, for the moment a request still uses it.
 var errTableClosed = errors.New("the handler's token sources are stopped")
 
-func (t *tenantTable) removeLocked(el *list.Element) *tenant {
-	tn := t.lru.Remove(el).(*tenant)
-	delete(t.entries, tn.key)
-	return tn
+// removeLRULocked removes the least recently used tenant other than keep.
+func (t *tenantTable) removeLRULocked(keep *tenant) *tenant {
+	var lru *tenant
+	for _, tn := range t.entries {
+		if tn != keep && (lru == nil || tn.lastUsed.Load() < lru.lastUsed.Load()) {
+			lru = tn
+		}
+	}
+	delete(t.entries, lru.key)
+	return lru
 }
 
-// sweep advances the table's clock and stops the sources unused for idle.
+// sweep stops the sources unused for idle.
 func (t *tenantTable) sweep() {
-	now := t.clock.Add(1)
-	cutoff := now - int64(t.idle/t.tick)
+	cutoff := t.now() - int64(t.idle)
 	var idle []*tenant
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		return
 	}
-	for el := t.lru.Back(); el != nil; {
-		tn := el.Value.(*tenant)
-		if tn.lastUsed.Load() > cutoff {
-			break
+	for key, tn := range t.entries {
+		if tn.lastUsed.Load() <= cutoff {
+			delete(t.entries, key)
+			idle = append(idle, tn)
 		}
-		prev := el.Prev()
-		idle = append(idle, t.removeLocked(el))
-		el = prev
 	}
-	live := t.lru.Len()
+	live := len(t.entries)
 	t.timer.Reset(t.tick)
 	t.mu.Unlock()
 	if len(idle) > 0 {
@@ -201,11 +200,11 @@ func (t *tenantTable) sweep() {
 
 // sources lists the table's sources.
 func (t *tenantTable) sources() []*pooledSource {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]*pooledSource, 0, t.lru.Len())
-	for el := t.lru.Front(); el != nil; el = el.Next() {
-		out = append(out, el.Value.(*tenant).src)
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([]*pooledSource, 0, len(t.entries))
+	for _, tn := range t.entries {
+		out = append(out, tn.src)
 	}
 	return out
 }
@@ -216,11 +215,7 @@ func (t *tenantTable) Destruct() error {
 	t.mu.Lock()
 	t.closed = true
 	t.timer.Stop()
-	all := make([]*tenant, 0, t.lru.Len())
-	for el := t.lru.Front(); el != nil; el = el.Next() {
-		all = append(all, el.Value.(*tenant))
-	}
-	t.lru.Init()
+	all := slices.Collect(maps.Values(t.entries))
 	clear(t.entries)
 	t.mu.Unlock()
 	for _, tn := range all {
@@ -354,10 +349,14 @@ func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dy
 	if maxSources == 0 {
 		maxSources = defaultMaxSources
 	}
+	// The header and its scheme too: the table keeps each tenant's header
+	// value, which two handlers that differ in them could not share.
 	keyed := struct {
 		Settings   settings `json:"settings"`
 		MaxSources int      `json:"max_sources"`
-	}{s, maxSources}
+		Header     string   `json:"header"`
+		Prefix     string   `json:"prefix"`
+	}{s, maxSources, s.header, s.prefix}
 	b, _ := json.Marshal(keyed) //nolint:gosec // G117: hashed, never stored or shown
 	sum := sha256.Sum256(append([]byte("tenants\x00"), b...))
 	h.key = hex.EncodeToString(sum[:])

@@ -66,6 +66,11 @@ type Options struct {
 	RetireBase  time.Duration
 	RetireMax   time.Duration
 	RetireQuiet time.Duration
+	// Header makes the source build the request header's value
+	// (HeaderPrefix + the access token) once per token, for GetHeader to
+	// return. Default: false.
+	Header       bool
+	HeaderPrefix string
 	// Logger receives the source's log lines. Default: a no-op logger.
 	Logger *zap.Logger
 	// OnResult, if set, is called after every token request.
@@ -113,6 +118,8 @@ type Source struct {
 // snapshot is the immutable state the request path reads.
 type snapshot struct {
 	tok      *grants.Token // nil: none held
+	header   string        // Options.HeaderPrefix + tok.AccessToken, with Options.Header
+	expiry   time.Time     // tok.Expiry, here for the request path to read on one line
 	renewAt  time.Time
 	retryAt  time.Time // while backing off
 	err      error     // last failure, nil after a success
@@ -202,16 +209,57 @@ func (s *Source) Get(ctx context.Context) (*grants.Token, error) {
 	// time.Now: left is how long the token lasts; a renewal is due once left
 	// is down to the time between renewAt and expiry.
 	if st.tok != nil {
-		if left := time.Until(st.tok.Expiry); left > 0 {
-			if left <= st.tok.Expiry.Sub(st.renewAt) && !s.inflight.Load() && time.Until(st.retryAt) <= 0 {
-				s.mu.Lock()
-				s.startLocked(false)
-				s.mu.Unlock()
+		if left := time.Until(st.expiry); left > 0 {
+			if left <= st.expiry.Sub(st.renewAt) {
+				s.renewSoon(st)
 			}
 			return st.tok, nil
 		}
 	}
 	return s.wait(ctx)
+}
+
+// GetHeader is Get, with the token's header value (Options.HeaderPrefix
+// and the access token; empty unless Options.Header), built once per
+// token.
+func (s *Source) GetHeader(ctx context.Context) (*grants.Token, string, error) {
+	if st, ok := s.held(); ok {
+		return st.tok, st.header, nil
+	}
+	tok, err := s.wait(ctx)
+	if err != nil || !s.opts.Header {
+		return tok, "", err
+	}
+	return tok, s.opts.HeaderPrefix + tok.AccessToken, nil
+}
+
+// held is the snapshot of the token held, if it is valid: Get's fast path.
+func (s *Source) held() (*snapshot, bool) {
+	if !s.used.Load() {
+		s.used.Store(true)
+	}
+	st := s.snap.Load()
+	if st.tok == nil {
+		return nil, false
+	}
+	left := time.Until(st.expiry)
+	if left <= 0 {
+		return nil, false
+	}
+	if left <= st.expiry.Sub(st.renewAt) {
+		s.renewSoon(st)
+	}
+	return st, true
+}
+
+// renewSoon starts the renewal of st's token in the background, unless one
+// is in flight or the source is backing off.
+func (s *Source) renewSoon(st *snapshot) {
+	if !s.inflight.Load() && time.Until(st.retryAt) <= 0 {
+		s.mu.Lock()
+		s.startLocked(false)
+		s.mu.Unlock()
+	}
 }
 
 // wait is Get's slow path: no valid token is held.
@@ -286,7 +334,10 @@ func (s *Source) run(f *flight) {
 	var next *snapshot
 	if res.Err == nil {
 		s.refresh, s.private = tok.RefreshToken, private
-		next = &snapshot{tok: tok, renewAt: s.renewAt(tok)}
+		next = &snapshot{tok: tok, expiry: tok.Expiry, renewAt: s.renewAt(tok)}
+		if s.opts.Header {
+			next.header = s.opts.HeaderPrefix + tok.AccessToken
+		}
 		// Only reads of this token count as use: the request that asked
 		// for it does not, or a one-off request would cost a renewal.
 		s.used.Store(false)
@@ -298,7 +349,7 @@ func (s *Source) run(f *flight) {
 		}
 		next = &snapshot{err: res.Err, failures: old.failures + 1}
 		if old.tok != nil && now.Before(old.tok.Expiry) {
-			next.tok, next.renewAt = old.tok, old.renewAt // keep using it while it lasts
+			next.tok, next.header, next.expiry, next.renewAt = old.tok, old.header, old.expiry, old.renewAt // keep using it while it lasts
 		}
 		delay := s.backoff(next.failures, res.Err)
 		next.retryAt = now.Add(delay)

@@ -1,14 +1,21 @@
 package integration
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
 )
@@ -296,5 +303,202 @@ func TestTenantsReload(t *testing.T) {
 	}
 	if changed != n {
 		t.Errorf("a changed handler made %d token requests, want %d (it starts over)", changed, n)
+	}
+}
+
+// TestTenantsAdminLogsEvents: the admin API lists each tenant's source,
+// named after the handler's name and the tenant's client id, and renews
+// one by that name; the log lines name the tenant's source.
+func TestTenantsAdminLogs(t *testing.T) {
+	p, b := startTenants(t, 3)
+	name := opsName("tenants")
+	g := startGateway(t, fmt.Sprintf(tenantSite, name, p.TokenURL(), "", b.URL()))
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, tn := range []string{"t0", "t1", "t2"} {
+		if status, err := tenantGet(client, g, tn); err != nil || status != http.StatusOK {
+			t.Fatalf("%s: %d %v", tn, status, err)
+		}
+	}
+	code, body := admin(t, http.MethodGet, "/upstream_oauth/sources")
+	if code != http.StatusOK {
+		t.Fatalf("admin: %d", code)
+	}
+	for i := range 3 {
+		s := sourcesAnswer(t, body, fmt.Sprintf("%s:client-t%d", name, i))
+		if s.ClientID != fmt.Sprintf("client-t%d", i) || s.State != "valid" || s.Requests != 1 {
+			t.Errorf("tenant t%d in the admin API: %+v", i, s)
+		}
+	}
+	if strings.Contains(body, tenantSecretMark) || strings.Contains(body, emulator.TenantTokenPrefix) {
+		t.Errorf("the admin answer holds a secret or a token")
+	}
+	if code, body := admin(t, http.MethodPost, "/upstream_oauth/sources/"+name+":client-t1/renew"); code != http.StatusOK {
+		t.Fatalf("renew t1: %d %s", code, body)
+	}
+	if n0, n1 := p.RequestsFor("client-t0"), p.RequestsFor("client-t1"); n0 != 1 || n1 != 2 {
+		t.Errorf("token requests after renewing t1: t0 %d, t1 %d; want 1 and 2", n0, n1)
+	}
+	if !eventually(3*time.Second, func() bool {
+		return strings.Count(g.logText(), `"source":"`+name+`:client-t1"`) >= 2
+	}) {
+		t.Errorf("the log lines do not name the tenant's source %s:client-t1", name)
+	}
+}
+
+// TestTenantsShared: two instances (the xcaddy binary) sharing a
+// file_system storage, 20 tenants sent to both: one token request per
+// tenant in all.
+func TestTenantsShared(t *testing.T) {
+	p, b := startTenants(t, 20)
+	store := t.TempDir()
+	var ins []*instance
+	for range 2 {
+		ins = append(ins, launch(t, func(in *instance) string {
+			return fmt.Sprintf(`{
+	admin %s
+	auto_https off
+	storage file_system %s
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://%s {
+	map {http.request.header.X-Tenant} {tenant_id} {tenant_secret} {
+		~^(t[0-9]+)$   "client-${1}"   "secret-${1}-Qv7"
+		default        ""              ""
+	}
+	upstream_oauth {
+		name shared-tenants
+		token_url %s
+		client_id {tenant_id}
+		client_secret {tenant_secret}
+		client_auth body
+		share
+	}
+	reverse_proxy %s
+}
+`, in.admin, store, in.log, in.addr, p.TokenURL(), b.URL())
+		}))
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	for round := range 3 {
+		for i := range 20 {
+			for k, in := range ins {
+				req, _ := http.NewRequest(http.MethodGet, "http://"+in.addr+"/api", nil)
+				req.Header.Set(emulator.TenantHeader, fmt.Sprintf("t%d", i))
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("round %d, tenant t%d, instance %d: %d", round, i, k, resp.StatusCode)
+				}
+			}
+		}
+	}
+	t.Logf("2 instances, 20 tenants, 120 requests: %d token requests, %d cross-tenant", p.Requests(), b.CrossTenant())
+	if n := p.Requests(); n != 20 {
+		t.Errorf("token requests: %d, want 20 (one per tenant, fleet-wide)", n)
+	}
+	if b.CrossTenant() != 0 {
+		t.Errorf("%d requests carried another tenant's token", b.CrossTenant())
+	}
+}
+
+// TestTenantsContractExample: the contract's example as written: a map
+// from the client certificate's subject to the 1NCE username and a
+// password from a file, the unknown subject to empty credentials. Each
+// device gets its tenant's token; a device the map does not know gets 403.
+func TestTenantsContractExample(t *testing.T) {
+	p := emulator.NewTenantProvider(map[string]string{"api-acme": "acme-pass-Qv7", "api-globex": "globex-pass-Qv7"})
+	providersMu.Lock()
+	tenantProviders++
+	providersMu.Unlock()
+	t.Cleanup(func() {
+		p.Close()
+		if v := p.Violations(); len(v) > 0 {
+			t.Errorf("provider saw malformed token requests: %q", v)
+		}
+	})
+	devices := map[string]string{"gw-acme": "api-acme", "gw-globex": "api-globex"}
+	b := emulator.NewTenantBackend(p, func(subject string) string { return devices[strings.TrimPrefix(subject, "CN=")] })
+	t.Cleanup(b.Close)
+	secrets := t.TempDir()
+	for file, pass := range map[string]string{"acme": "acme-pass-Qv7\n", "globex": "globex-pass-Qv7\n"} {
+		if err := os.WriteFile(filepath.Join(secrets, file), []byte(pass), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca := newTestCA(t)
+	_, serverCert, serverKey := ca.issue(t, "gateway", false, "gateway.localhost")
+	port := freePort(t)
+	addr := fmt.Sprintf("gateway.localhost:%d", port) // a name: with client_auth, Caddy wants SNI to match the host
+	log := filepath.Join(logDir, "tenants-contract-example.log")
+	tester := caddytest.NewTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+	admin localhost:%[1]d
+	auto_https off
+	log {
+		output file %[2]s
+		level DEBUG
+	}
+}
+https://%[3]s {
+	bind 127.0.0.1
+	tls %[4]s %[5]s {
+		client_auth {
+			mode require_and_verify
+			trust_pool file %[6]s
+		}
+	}
+	map {http.request.tls.client.subject} {tenant_user} {tenant_pass} {
+		"CN=gw-acme"     api-acme     {file.%[7]s/acme}
+		"CN=gw-globex"   api-globex   {file.%[7]s/globex}
+		default          ""           ""
+	}
+	upstream_oauth 1nce {
+		token_url %[8]s
+		username {tenant_user}
+		password {tenant_pass}
+	}
+	reverse_proxy %[9]s {
+		header_up X-Tenant {http.request.tls.client.subject}
+	}
+}
+`, adminPort, log, addr, serverCert, serverKey, ca.file, secrets, p.TokenURL(), b.URL()), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	device := func(cn string) (int, string) {
+		pair, _, _ := ca.issue(t, cn, true)
+		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: ca.pool(), Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", port))
+			},
+		}}
+		defer client.CloseIdleConnections()
+		resp, err := client.Get("https://" + addr + "/v1/sims")
+		if err != nil {
+			t.Fatalf("%s: %v", cn, err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("X-Token-Owner")
+	}
+	for range 2 {
+		for cn, user := range devices {
+			if status, owner := device(cn); status != http.StatusOK || owner != user {
+				t.Errorf("device %s: %d, token of %q; want 200 with %s's token", cn, status, owner, user)
+			}
+		}
+	}
+	if status, _ := device("gw-stranger"); status != http.StatusForbidden {
+		t.Errorf("a device the map does not know: %d, want 403", status)
+	}
+	if p.Requests() != 2 || p.RequestsFor("api-acme") != 1 || p.RequestsFor("api-globex") != 1 {
+		t.Errorf("token requests: %d (acme %d, globex %d), want one per tenant", p.Requests(), p.RequestsFor("api-acme"), p.RequestsFor("api-globex"))
 	}
 }

@@ -18,7 +18,7 @@ go test -c -o "$WORK/after.test" .
 out=$WORK/rounds.txt
 for r in $(seq "$R"); do
 	for v in before after; do
-		"$WORK/$v.test" -test.run=NONE -test.bench='^BenchmarkRequestPath' -test.benchmem -test.benchtime=1s 2>/dev/null |
+		"$WORK/$v.test" -test.run=NONE -test.bench='^BenchmarkRequestPath(Parallel)?$' -test.benchmem -test.benchtime=1s 2>/dev/null |
 			grep '^Benchmark' | sed "s/^/$r $v /" >>"$out"
 	done
 	echo "round $r done"

@@ -20,7 +20,8 @@ import (
 
 // TenantProvider is a generic client-credentials token endpoint with many
 // accounts (tenants): it takes client_id and client_secret as form fields
-// (client_secret_post) or in HTTP Basic (client_secret_basic), checks them
+// (client_secret_post) or in HTTP Basic (client_secret_basic), with a form
+// or a JSON body (as 1NCE's: grant_type only, credentials in Basic), checks them
 // against its accounts, and issues tokens attributable to the client they
 // were issued to (TenantOf). It records violations of the request's shape,
 // token requests per client, and the most requests it had in flight at
@@ -149,16 +150,27 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
-		p.violation("Content-Type %q, want application/x-www-form-urlencoded", clip(r.Header.Get("Content-Type")))
-	}
 	if r.Header.Get("Accept") != "application/json" {
 		p.violation("Accept %q, want application/json", clip(r.Header.Get("Accept")))
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, MaxBodySize))
-	form, err := url.ParseQuery(string(body))
-	if err != nil {
-		p.violation("body is not a form")
+	form := url.Values{}
+	switch mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt {
+	case "application/x-www-form-urlencoded":
+		var err error
+		if form, err = url.ParseQuery(string(body)); err != nil {
+			p.violation("body is not a form")
+		}
+	case "application/json": // as 1NCE takes it
+		var fields map[string]string
+		if json.Unmarshal(body, &fields) != nil {
+			p.violation("body is not a JSON object of strings")
+		}
+		for k, v := range fields {
+			form.Set(k, v)
+		}
+	default:
+		p.violation("Content-Type %q, want a form or JSON", clip(r.Header.Get("Content-Type")))
 	}
 	if form.Get("grant_type") != "client_credentials" {
 		p.violation("grant_type %q, want client_credentials", clip(form.Get("grant_type")))
