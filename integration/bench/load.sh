@@ -9,12 +9,17 @@
 #   2. cold starts: COLD_N requests at once on a source with no token, its
 #      provider taking 500 ms to answer (token requests counted);
 #   3. the renewal boundary: tokens that live 3 s from a provider that takes
-#      500 ms, against the steady state (tokens that live an hour).
+#      500 ms, against the steady state (tokens that live an hour);
+#   4. many tenants: TENANTS tenants picked at random by wrk (a Lua script
+#      sets X-Tenant), upstream_oauth with per-request credentials from a
+#      map, against the same Caddy where the map gives each tenant a static
+#      header_up Authorization (alternating pairs, as in 1).
 #
 # Needs: Go, wrk (apt-get install -y wrk). Builds Caddy with the module
 # (xcaddy, about 1.5 min) unless CADDY_BIN names one already built.
 # Tunables (environment): PAIRS=11 PAIR_SECONDS=4 WRK_THREADS=2 WRK_CONNS=32
-# COLD_RUNS=3 COLD_N=1000 RENEW_RUNS=2 RENEW_SECONDS=10. Takes about 3
+# COLD_RUNS=3 COLD_N=1000 RENEW_RUNS=2 RENEW_SECONDS=10 TENANTS=1000
+# TENANT_PAIRS=PAIRS. Takes about 3
 # minutes with the defaults, plus the build.
 set -euo pipefail
 cd "$(dirname "$0")/.." # the integration module
@@ -28,6 +33,8 @@ COLD_RUNS=${COLD_RUNS:-3}
 COLD_N=${COLD_N:-1000}
 RENEW_RUNS=${RENEW_RUNS:-2}
 RENEW_SECONDS=${RENEW_SECONDS:-10}
+TENANTS=${TENANTS:-1000}
+TENANT_PAIRS=${TENANT_PAIRS:-$PAIRS}
 
 if ! command -v wrk >/dev/null; then
 	echo "wrk not found; install it with: apt-get install -y wrk" >&2
@@ -70,14 +77,14 @@ go build -o "$WORK/emulators" ./bench/emulators
 go build -o "$WORK/burst" ./bench/burst
 
 # --- emulators and Caddy ----------------------------------------------------
-"$WORK/emulators" -env "$WORK/env" -ports 4 >"$WORK/emulators.log" 2>&1 &
+"$WORK/emulators" -env "$WORK/env" -ports 6 -tenants "$TENANTS" >"$WORK/emulators.log" 2>&1 &
 EMU_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/env" ] && break; sleep 0.1; done
 [ -s "$WORK/env" ] || { cat "$WORK/emulators.log"; exit 1; }
 # shellcheck disable=SC1091
 . "$WORK/env"
 
-read -r P_STATIC P_OAUTH P_RENEW P_COLD <<<"$PORTS"
+read -r P_STATIC P_OAUTH P_RENEW P_COLD P_TSTATIC P_TOAUTH <<<"$PORTS"
 
 oauth_block() { # name token_url
 	cat <<EOF
@@ -123,6 +130,14 @@ EOF
 			"$(oauth_block "cold$i" "$COLD_TOKEN_URL" | sed 's/^/\t/')" "$BACKEND_URL"
 	done
 	printf '}\n'
+	# Many tenants: the same map from X-Tenant, to a static header, or to
+	# the tenant's credentials.
+	printf 'http://127.0.0.1:%s {\n\tmap {http.request.header.X-Tenant} {tenant_auth} {\n' "$P_TSTATIC"
+	awk '{ printf "\t\t%s \"Bearer %s\"\n", $1, $2 }' "$TENANT_TOKENS"
+	printf '\t\tdefault ""\n\t}\n\treverse_proxy %s {\n\t\theader_up Authorization {tenant_auth}\n\t}\n}\n' "$TENANT_BACKEND_URL"
+	printf 'http://127.0.0.1:%s {\n\tmap {http.request.header.X-Tenant} {tenant_id} {tenant_secret} {\n' "$P_TOAUTH"
+	awk '{ t = $1; sub(/^t/, "", t); printf "\t\t%s client-t%s secret-t%s-Kd9\n", $1, t, t }' "$TENANT_TOKENS"
+	printf '\t\tdefault "" ""\n\t}\n\tupstream_oauth {\n\t\tname tenants\n\t\ttoken_url %s\n\t\tclient_id {tenant_id}\n\t\tclient_secret {tenant_secret}\n\t\tclient_auth body\n\t}\n\treverse_proxy %s\n}\n' "$TENANT_TOKEN_URL" "$TENANT_BACKEND_URL"
 } >"$WORK/Caddyfile"
 
 HOME=$WORK XDG_CONFIG_HOME=$WORK/config XDG_DATA_HOME=$WORK/data \
@@ -148,16 +163,22 @@ done = function(summary, latency, requests)
 		latency:percentile(99.9), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
 end
 EOF
+# tenants.lua: each request for a tenant picked at random.
+{
+	printf 'local n = %d\nmath.randomseed(os.time())\n' "$TENANTS"
+	printf 'request = function()\n\treturn wrk.format("GET", "/api", {["X-Tenant"] = "t" .. math.random(0, n - 1)})\nend\n'
+	cat "$WORK/report.lua"
+} >"$WORK/tenants.lua"
 # caddy_ticks: CPU time Caddy has used so far (user + system), in clock ticks.
 caddy_ticks() { awk '{ print $14 + $15 }' "/proc/$CADDY_PID/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-# run_wrk SECONDS URL: one wrk run; prints its RESULT line, with the CPU
-# time Caddy spent per request (cpu_us), which the machine's other load
-# disturbs less than the throughput.
+# run_wrk SECONDS URL [SCRIPT]: one wrk run; prints its RESULT line, with
+# the CPU time Caddy spent per request (cpu_us), which the machine's other
+# load disturbs less than the throughput.
 run_wrk() {
 	local out t0 t1 res
 	t0=$(caddy_ticks)
-	out=$(timeout $(($1 + 30)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$1s" --timeout 10s -s "$WORK/report.lua" "$2")
+	out=$(timeout $(($1 + 30)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$1s" --timeout 10s -s "${3:-$WORK/report.lua}" "$2")
 	t1=$(caddy_ticks)
 	res=$(grep '^RESULT' <<<"$out" | sed 's/^RESULT //')
 	echo "$res cpu_us=$(calc "($t1 - $t0) * $TICK_US / $(field requests "$res")")"
@@ -243,6 +264,34 @@ RN_MAX=$(printf '%s\n' "${rn_max[@]}" | sort -g | tail -1)
 ST_MAX=$(printf '%s\n' "${st_max[@]}" | sort -g | tail -1)
 say "  renewal/steady: p50 $R_P50  p99 $R_P99  p99.9 $R_P999  max $(calc "$RN_MAX / $ST_MAX") (renewal max $(ms "$RN_MAX") ms vs steady max $(ms "$ST_MAX") ms; the provider takes 500 ms)"
 
+# --- 4. many tenants ---------------------------------------------------------
+say ""
+say "== 4. many tenants: $TENANTS tenants at random (wrk Lua); upstream_oauth with per-request credentials vs map to a static header_up ($TENANT_PAIRS pairs)"
+TSTATIC=http://127.0.0.1:$P_TSTATIC/api
+TOAUTH=http://127.0.0.1:$P_TOAUTH/api
+tcount() { curl -fsS --max-time 5 "$CONTROL_URL/tenant-counts" | awk -v n="$1" '$1 == n { print $2 }'; }
+run_wrk 3 "$TOAUTH" "$WORK/tenants.lua" >/dev/null # every tenant gets its token
+run_wrk 2 "$TSTATIC" "$WORK/tenants.lua" >/dev/null
+warm_tokens=$(tcount tenant_token_requests)
+t_ratios=() t_cpu=()
+for i in $(seq "$TENANT_PAIRS"); do
+	if [ $((i % 2)) = 1 ]; then
+		s=$(run_wrk "$PAIR_SECONDS" "$TSTATIC" "$WORK/tenants.lua"); o=$(run_wrk "$PAIR_SECONDS" "$TOAUTH" "$WORK/tenants.lua")
+	else
+		o=$(run_wrk "$PAIR_SECONDS" "$TOAUTH" "$WORK/tenants.lua"); s=$(run_wrk "$PAIR_SECONDS" "$TSTATIC" "$WORK/tenants.lua")
+	fi
+	check_ok "tenants static" "$s"; check_ok "tenants upstream_oauth" "$o"
+	r=$(calc "$(field rps "$o") / $(field rps "$s")")
+	t_ratios+=("$r")
+	t_cpu+=("$(calc "$(field cpu_us "$o") / $(field cpu_us "$s")")")
+	say "  pair $i: static map $(field rps "$s") req/s, Caddy CPU $(field cpu_us "$s") us/req | upstream_oauth $(field rps "$o") req/s, Caddy CPU $(field cpu_us "$o") us/req | ratio $r"
+done
+T_RATIO=$(median "${t_ratios[@]}")
+T_CPU=$(median "${t_cpu[@]}")
+say "  throughput ratio (median of pairs): $T_RATIO  (min $(printf '%s\n' "${t_ratios[@]}" | sort -g | head -1), max $(printf '%s\n' "${t_ratios[@]}" | sort -g | tail -1)); Caddy CPU per request ratio $T_CPU"
+say "  tenant token requests: $warm_tokens while warming, $(( $(tcount tenant_token_requests) - warm_tokens )) during the pairs; cross-tenant tokens $(tcount tenant_cross), unknown $(tcount tenant_unknown)"
+[ "$(tcount tenant_cross)" = 0 ] || { say "  !! requests carried another tenant's token"; FAILED=1; }
+
 # --- summary -----------------------------------------------------------------
 say ""
 say "== summary (ratios)"
@@ -251,6 +300,7 @@ say "  Caddy CPU per request upstream_oauth / static header_up (median of pairs)
 say "  cold start: token requests for $COLD_N concurrent requests: ${cold_tokens[*]}   target 1"
 say "  renewal boundary p99 / steady p99: $R_P99   max $(ms "$RN_MAX") ms (steady $(ms "$ST_MAX") ms)   target: within noise, no wait for the provider (< 500 ms)"
 say "  token requests during renewal runs: ${rn_tokens[*]} (${RENEW_SECONDS}s each)"
+say "  many tenants ($TENANTS at random): throughput upstream_oauth / map to static header_up (median of $TENANT_PAIRS pairs): $T_RATIO   target >= 0.97; Caddy CPU per request $T_CPU"
 say ""
 say "emulators: $(curl -fsS --max-time 5 "$CONTROL_URL/counts" | tr '\n' ' ')"
 kill "$EMU_PID" 2>/dev/null || true

@@ -13,6 +13,12 @@
 //	        start's requests all arrive while its first answer is awaited
 //	renew   tokens live 3 s; answers after 500 ms (the renewal boundary)
 //
+// With -tenants N it also starts a tenant provider with N accounts
+// (client-t<i>, secret-t<i>-Kd9) and a backend that accepts a request only
+// with a token of the tenant its X-Tenant names, and writes, one line per
+// tenant, "t<i> <token>" to the file TENANT_TOKENS names: the tokens the
+// static map baseline sends.
+//
 // It writes shell assignments (STEADY_TOKEN_URL=..., STATIC_TOKEN=..., the
 // credentials, and PORTS, free ports for the caller) to -env, then serves on
 // -control until SIGINT or SIGTERM:
@@ -58,6 +64,7 @@ func main() {
 	nPorts := flag.Int("ports", 0, "also pick this many free loopback ports for the caller (PORTS=...)")
 	slow := flag.Duration("slow", 500*time.Millisecond, "how long the cold and renew providers take to answer")
 	renewTTL := flag.Duration("renew-ttl", 3*time.Second, "lifetime of the renew provider's tokens")
+	tenants := flag.Int("tenants", 0, "also start a tenant provider and backend with this many tenants")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("emulators: ")
@@ -106,6 +113,25 @@ func main() {
 	}
 	fmt.Fprintf(&env, "BACKEND_URL=%s\nCONTROL_URL=http://%s\nSTATIC_TOKEN=%s\nCLIENT_ID=%s\nCLIENT_SECRET=%s\n",
 		backend.URL(), ln.Addr(), static, clientID, clientSecret)
+	var tp *emulator.TenantProvider
+	var tb *emulator.TenantBackend
+	if *tenants > 0 {
+		accounts := map[string]string{}
+		for i := range *tenants {
+			accounts[fmt.Sprintf("client-t%d", i)] = fmt.Sprintf("secret-t%d-Kd9", i)
+		}
+		tp = emulator.NewTenantProvider(accounts)
+		tb = emulator.NewTenantBackend(tp, func(tenant string) string { return "client-" + tenant })
+		file := *envFile + ".tenant-tokens"
+		if err := tenantTokens(tp.TokenURL(), *tenants, file); err != nil {
+			log.Fatalf("getting the tenants' static tokens: %v", err)
+		}
+		fmt.Fprintf(&env, "TENANT_TOKEN_URL=%s\nTENANT_BACKEND_URL=%s\nTENANT_TOKENS=%s\n", tp.TokenURL(), tb.URL(), file)
+		mux.HandleFunc("GET /tenant-counts", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = fmt.Fprintf(w, "tenant_token_requests %d\ntenant_accepted %d\ntenant_cross %d\ntenant_unknown %d\n",
+				tp.Requests(), tb.Accepted(), tb.CrossTenant(), tb.Unknown())
+		})
+	}
 	ports, err := freePorts(*nPorts)
 	if err != nil {
 		log.Fatal(err)
@@ -135,9 +161,45 @@ func main() {
 		p.Close()
 	}
 	backend.Close()
+	if tp != nil {
+		for _, v := range tp.Violations() {
+			log.Printf("malformed tenant token request: %s", v)
+			bad++
+		}
+		if n := tb.CrossTenant(); n > 0 {
+			log.Printf("%d requests carried another tenant's token", n)
+			bad++
+		}
+		tp.Close()
+		tb.Close()
+	}
 	if bad > 0 {
 		os.Exit(1)
 	}
+}
+
+// tenantTokens gets one token per tenant from the tenant provider and
+// writes "t<i> <token>" lines to file.
+func tenantTokens(tokenURL string, n int, file string) error {
+	var b strings.Builder
+	for i := range n {
+		c, err := grants.NewClient(grants.Config{
+			TokenURL: tokenURL, Grant: grants.ClientCredentials,
+			ClientID: fmt.Sprintf("client-t%d", i), ClientSecret: fmt.Sprintf("secret-t%d-Kd9", i),
+			ClientAuth: grants.AuthBody, Body: grants.BodyForm, DefaultTTL: time.Hour,
+		}, grants.NewHTTPClient(nil))
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		tok, err := c.Token(ctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "t%d %s\n", i, tok.AccessToken)
+	}
+	return os.WriteFile(file, []byte(b.String()), 0o600)
 }
 
 // freePorts returns n loopback ports that were free a moment ago (all
