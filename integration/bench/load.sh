@@ -289,7 +289,7 @@ done
 T_RATIO=$(median "${t_ratios[@]}")
 T_CPU=$(median "${t_cpu[@]}")
 say "  throughput ratio (median of pairs): $T_RATIO  (min $(printf '%s\n' "${t_ratios[@]}" | sort -g | head -1), max $(printf '%s\n' "${t_ratios[@]}" | sort -g | tail -1)); Caddy CPU per request ratio $T_CPU"
-say "  tenant token requests: $warm_tokens while warming, $(( $(tcount tenant_token_requests) - warm_tokens )) during the pairs; cross-tenant tokens $(tcount tenant_cross), unknown $(tcount tenant_unknown)"
+say "  tenant token requests: $((warm_tokens - TENANTS)) by the gateway while warming (and $TENANTS for the static map's tokens), $(( $(tcount tenant_token_requests) - warm_tokens )) during the pairs; cross-tenant tokens $(tcount tenant_cross), unknown $(tcount tenant_unknown)"
 [ "$(tcount tenant_cross)" = 0 ] || { say "  !! requests carried another tenant's token"; FAILED=1; }
 
 # --- summary -----------------------------------------------------------------
