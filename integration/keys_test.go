@@ -17,7 +17,6 @@ import (
 	"math/big"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -939,37 +938,6 @@ func TestBinaryValidateIssuerNoRequest(t *testing.T) {
 	}
 }
 
-// startKeysInstance runs the xcaddy-built Caddy with config (its log at
-// logFile, in the leak check's directory) as one instance of a fleet.
-func startKeysInstance(t *testing.T, config, addr, logFile string) *instance {
-	t.Helper()
-	dir := t.TempDir()
-	in := &instance{t: t, addr: addr, log: logFile, done: make(chan struct{})}
-	file := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	in.cmd = exec.Command(caddyBinary(t), "run", "--config", file)
-	out, err := os.Create(filepath.Join(dir, "stdout.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.cmd.Stdout, in.cmd.Stderr = out, out
-	if err := in.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = in.cmd.Wait()
-		out.Close()
-		close(in.done)
-	}()
-	t.Cleanup(in.kill)
-	if !eventually(20*time.Second, func() bool { return in.get("/up") != 0 }) {
-		t.Fatalf("instance did not start:\n%s", must(os.ReadFile(filepath.Join(dir, "stdout.log"))))
-	}
-	return in
-}
-
 // TestKeysFleetShared: two Caddy processes sharing a file_system storage
 // and a private_key_jwt source with issuer make one discovery and one
 // token request between them; the second takes the token from storage.
@@ -980,10 +948,9 @@ func TestKeysFleetShared(t *testing.T) {
 	keyPath := keyFile(t, "pkcs8", key)
 	storage := t.TempDir()
 	var fleet []*instance
-	for i := range 2 {
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		logFile := filepath.Join(logDir, fmt.Sprintf("%s-%d.log", t.Name(), i))
-		fleet = append(fleet, startKeysInstance(t, fmt.Sprintf(`{
+	for range 2 {
+		fleet = append(fleet, launch(t, func(in *instance) string {
+			return fmt.Sprintf(`{
 	admin off
 	auto_https off
 	storage file_system %s
@@ -1005,7 +972,8 @@ http://%s {
 	respond /up "up"
 	reverse_proxy %s
 }
-`, storage, logFile, addr, idp.Issuer(), keyPath, b.URL()), addr, logFile))
+`, storage, in.log, in.addr, idp.Issuer(), keyPath, b.URL())
+		}))
 	}
 	for i, in := range fleet {
 		for range 3 {
