@@ -73,46 +73,90 @@ func (h *Handler) settings(repl *caddy.Replacer) (settings, error) {
 // id, see credFields): that value is taken as it is, never read for
 // placeholders again (a tenant's secret may have braces in it).
 func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settings, error) {
+	r := resolver{h: h, repl: repl, creds: creds}
 	var s settings
-	expand := func(v string) string { return repl.ReplaceKnown(v, "") }
-	cred := func(id, v string) string {
-		if c, ok := creds[id]; ok {
-			return c
-		}
-		return expand(v)
-	}
-	s.Provider = expand(h.Provider)
-	var preset grants.Preset
+	s.Provider = r.expand(h.Provider)
 	if s.Provider != "" {
 		p, ok := grants.LookupPreset(s.Provider)
 		if !ok {
 			return s, fmt.Errorf("unknown provider %q (known: %s)", s.Provider, strings.Join(grants.PresetNames(), ", "))
 		}
-		preset = p
+		r.preset = p
 	}
-	or := func(v, def string) string {
-		if v = expand(v); v != "" {
-			return v
+	g, err := r.grants()
+	if err != nil {
+		return s, err
+	}
+	if err := r.header(&s, &g); err != nil {
+		return s, err
+	}
+	s.Grants = g
+	if err := g.Validate(); err != nil {
+		return s, err
+	}
+	if err := r.source(&s); err != nil {
+		return s, err
+	}
+	if g.ClientAuth == grants.AuthTLSClient && (s.TLS == nil || s.TLS.ClientCert == "") {
+		return s, fmt.Errorf("client_auth %s needs tls { client_cert <cert file> <key file> }: the certificate is the client's credential", g.ClientAuth)
+	}
+	s.Name = r.cred(fieldName, h.Name)
+	if s.Name == "" {
+		where := g.TokenURL
+		if where == "" {
+			where = g.Issuer
 		}
-		return def
+		s.Name = defaultName(s.Provider, where, g.ClientIdentity())
 	}
+	return s, nil
+}
+
+// resolver resolves one handler's fields (see resolve).
+type resolver struct {
+	h      *Handler
+	repl   *caddy.Replacer
+	creds  map[string]string
+	preset grants.Preset
+}
+
+func (r resolver) expand(v string) string { return r.repl.ReplaceKnown(v, "") }
+
+// cred is the credential field id: its value in creds, else v expanded.
+func (r resolver) cred(id, v string) string {
+	if c, ok := r.creds[id]; ok {
+		return c
+	}
+	return r.expand(v)
+}
+
+// or is v expanded, else def.
+func (r resolver) or(v, def string) string {
+	if v = r.expand(v); v != "" {
+		return v
+	}
+	return def
+}
+
+// grants resolves what the token request is made of.
+func (r resolver) grants() (grants.Config, error) {
+	h, preset := r.h, r.preset
 	// A token_url in the block wins over issuer, and issuer over the
 	// preset's token_url.
-	tokenURL, issuer := expand(h.TokenURL), expand(h.Issuer)
+	tokenURL, issuer := r.expand(h.TokenURL), r.expand(h.Issuer)
 	if tokenURL == "" && issuer == "" {
 		tokenURL = preset.TokenURL
 	}
 	g := grants.Config{
 		TokenURL:     tokenURL,
 		Issuer:       issuer,
-		Grant:        grants.GrantType(or(h.Grant, or(string(preset.Grant), string(grants.ClientCredentials)))),
-		ClientID:     cred(fieldClientID, h.ClientID),
-		ClientSecret: cred(fieldClientSecret, h.ClientSecret),
-		Username:     cred(fieldUsername, h.Username),
-		Password:     cred(fieldPassword, h.Password),
-		ClientAuth:   grants.AuthMethod(or(h.ClientAuth, or(string(preset.ClientAuth), string(grants.AuthBasic)))),
-		Body:         grants.BodyEncoding(or(h.Body, or(string(preset.Body), string(grants.BodyForm)))),
-		Audience:     cred(fieldAudience, h.Audience),
+		Grant:        grants.GrantType(r.or(h.Grant, r.or(string(preset.Grant), string(grants.ClientCredentials)))),
+		ClientID:     r.cred(fieldClientID, h.ClientID),
+		ClientSecret: r.cred(fieldClientSecret, h.ClientSecret),
+		Username:     r.cred(fieldUsername, h.Username),
+		Password:     r.cred(fieldPassword, h.Password),
+		ClientAuth:   grants.AuthMethod(r.or(h.ClientAuth, r.or(string(preset.ClientAuth), string(grants.AuthBasic)))),
+		Body:         grants.BodyEncoding(r.or(h.Body, r.or(string(preset.Body), string(grants.BodyForm)))),
+		Audience:     r.cred(fieldAudience, h.Audience),
 		DefaultTTL:   time.Duration(h.DefaultTTL),
 		AllowHTTP:    h.AllowHTTP,
 	}
@@ -121,40 +165,45 @@ func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settin
 		g.ClientAuth = m
 	}
 	for i, sc := range h.Scope {
-		g.Scopes = append(g.Scopes, cred(fieldScope+strconv.Itoa(i), sc))
+		g.Scopes = append(g.Scopes, r.cred(fieldScope+strconv.Itoa(i), sc))
 	}
 	if len(h.Param) > 0 {
 		g.Params = make(map[string]string, len(h.Param))
 		for k, v := range h.Param {
-			g.Params[k] = cred(fieldParam+k, v)
+			g.Params[k] = r.cred(fieldParam+k, v)
 		}
 	}
 	if len(h.TokenHeader) > 0 {
 		g.Headers = make(map[string]string, len(h.TokenHeader))
 		for k, v := range h.TokenHeader {
-			g.Headers[http.CanonicalHeaderKey(k)] = cred(fieldTokenHeader+k, v)
+			g.Headers[http.CanonicalHeaderKey(k)] = r.cred(fieldTokenHeader+k, v)
 		}
 	}
 	if g.DefaultTTL == 0 {
 		g.DefaultTTL = defaultTTL
 	}
 	if err := checkDefaultTTL(g.DefaultTTL); err != nil {
-		return s, err
+		return g, err
 	}
 	for name, v := range g.Headers {
 		if err := checkField("token_header", name, v); err != nil {
-			return s, err
+			return g, err
 		}
 	}
-	g.Assertion = h.Assertion.resolve(expand)
+	g.Assertion = h.Assertion.resolve(r.expand)
+	return g, nil
+}
 
-	s.header = http.CanonicalHeaderKey(or(h.Header, defaultHeader))
+// header resolves the header the token goes in, its scheme, and the
+// token_type a response must carry.
+func (r resolver) header(s *settings, g *grants.Config) error {
+	s.header = http.CanonicalHeaderKey(r.or(r.h.Header, defaultHeader))
 	if err := checkField("header", s.header, ""); err != nil {
-		return s, err
+		return err
 	}
-	scheme := expand(h.HeaderScheme)
+	scheme := r.expand(r.h.HeaderScheme)
 	if err := checkScheme(scheme); err != nil {
-		return s, err
+		return err
 	}
 	if scheme == "" && s.header == defaultHeader {
 		scheme = defaultScheme
@@ -165,20 +214,22 @@ func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settin
 	} else {
 		g.TokenType = grants.DefaultTokenType
 	}
-	s.Grants = g
-	if err := g.Validate(); err != nil {
-		return s, err
-	}
+	return nil
+}
 
-	s.LogoutURL = or(h.LogoutURL, preset.LogoutURL)
+// source resolves how the source keeps its token: logout, renewal,
+// timeout, renew_on, share, the tls block.
+func (r resolver) source(s *settings) error {
+	h := r.h
+	s.LogoutURL = r.or(h.LogoutURL, r.preset.LogoutURL)
 	if s.LogoutURL != "" {
 		if err := grants.CheckURL("logout_url", s.LogoutURL, h.AllowHTTP); err != nil {
-			return s, err
+			return err
 		}
 	}
 	var err error
-	if s.RefreshAhead, s.Fraction, err = parseRefreshAhead(expand(h.RefreshAhead)); err != nil {
-		return s, err
+	if s.RefreshAhead, s.Fraction, err = parseRefreshAhead(r.expand(h.RefreshAhead)); err != nil {
+		return err
 	}
 	if s.RefreshAhead == 0 && s.Fraction == 0 {
 		s.Fraction = cache.DefaultRefreshFraction
@@ -187,7 +238,7 @@ func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settin
 		s.Timeout = cache.DefaultTimeout
 	}
 	if s.Timeout < 0 {
-		return s, fmt.Errorf("timeout must be positive")
+		return fmt.Errorf("timeout must be positive")
 	}
 	s.renewOn = h.RenewOn
 	if s.renewOn == nil {
@@ -195,7 +246,7 @@ func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settin
 	}
 	for _, st := range s.renewOn {
 		if st < 100 || st > 599 {
-			return s, fmt.Errorf("renew_on: %d is not an HTTP status", st)
+			return fmt.Errorf("renew_on: %d is not an HTTP status", st)
 		}
 	}
 	s.Share = h.Share
@@ -203,23 +254,12 @@ func (h *Handler) resolve(repl *caddy.Replacer, creds map[string]string) (settin
 		t := *h.TLS
 		t.CA = slices.Clone(t.CA)
 		for i := range t.CA {
-			t.CA[i] = expand(t.CA[i])
+			t.CA[i] = r.expand(t.CA[i])
 		}
-		t.ClientCert, t.ClientKey, t.ServerName = expand(t.ClientCert), expand(t.ClientKey), expand(t.ServerName)
+		t.ClientCert, t.ClientKey, t.ServerName = r.expand(t.ClientCert), r.expand(t.ClientKey), r.expand(t.ServerName)
 		s.TLS = &t
 	}
-	if g.ClientAuth == grants.AuthTLSClient && (s.TLS == nil || s.TLS.ClientCert == "") {
-		return s, fmt.Errorf("client_auth %s needs tls { client_cert <cert file> <key file> }: the certificate is the client's credential", g.ClientAuth)
-	}
-	s.Name = cred(fieldName, h.Name)
-	if s.Name == "" {
-		where := g.TokenURL
-		if where == "" {
-			where = g.Issuer
-		}
-		s.Name = defaultName(s.Provider, where, g.ClientIdentity())
-	}
-	return s, nil
+	return nil
 }
 
 // checkField checks a header's name (an RFC 9110 token) and value (no CR,
