@@ -44,7 +44,12 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/upstream-oauth-load.XXXXXX")
 EMU_PID= CADDY_PID=
 cleanup() {
-	local pid
+	local pid rc
+	if [ -n "$CADDY_PID" ] && ! kill -0 "$CADDY_PID" 2>/dev/null; then
+		rc=0; wait "$CADDY_PID" || rc=$?
+		echo "Caddy had exited by itself, status $rc" >&2
+		CADDY_PID=
+	fi
 	for pid in $CADDY_PID $EMU_PID; do # only the processes this script started
 		kill "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
@@ -169,8 +174,19 @@ EOF
 	printf 'request = function()\n\treturn wrk.format("GET", "/api", {["X-Tenant"] = "t" .. math.random(0, n - 1)})\nend\n'
 	cat "$WORK/report.lua"
 } >"$WORK/tenants.lua"
+# caddy_alive: fails, showing on stderr the end of Caddy's output and log,
+# once its process is gone (cleanup reports its exit status).
+caddy_alive() {
+	kill -0 "$CADDY_PID" 2>/dev/null && return 0
+	{
+		say "  !! Caddy (pid $CADDY_PID) is gone; the end of its output and log:"
+		tail -n 40 "$WORK/caddy.out" | sed 's/^/    /'
+		tail -n 20 "$WORK/caddy.log" 2>/dev/null | sed 's/^/    /'
+	} >&2
+	return 1
+}
 # caddy_ticks: CPU time Caddy has used so far (user + system), in clock ticks.
-caddy_ticks() { awk '{ print $14 + $15 }' "/proc/$CADDY_PID/stat"; }
+caddy_ticks() { caddy_alive; awk '{ print $14 + $15 }' "/proc/$CADDY_PID/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # run_wrk SECONDS URL [SCRIPT]: one wrk run; prints its RESULT line, with
 # the CPU time Caddy spent per request (cpu_us), which the machine's other
