@@ -276,14 +276,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	s.digestFiles()
 	h.value = new(headerValue)
-	h.key = s.key()
-	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+	key := s.key()
+	val, _, err := sources.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newPooledSource(ctx, s)
 	})
 	if err != nil {
-		h.key = ""
 		return err
 	}
+	h.key = key // Cleanup lets go of the reference only once it is taken
 	h.src = val.(*pooledSource)
 	h.static = requestSource{h.src.Source, h.src, h.value}
 	return nil

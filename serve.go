@@ -21,10 +21,12 @@ import (
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	src := &h.static
 	if h.tenants != nil {
-		var err error
-		if src, err = h.tenantSource(r); err != nil {
+		tn, err := h.tenantSource(r)
+		if err != nil {
 			return err
 		}
+		defer tn.release()
+		src = &tn.rs
 	}
 	tok, value, err := h.token(w, r, src)
 	if err != nil {
@@ -53,7 +55,7 @@ type requestSource struct {
 // tenantSource is the token source of the request's tenant, with
 // per-request credentials (a 403 error when the credentials resolve
 // incomplete: nothing is forwarded, and no token requested).
-func (h *Handler) tenantSource(r *http.Request) (*requestSource, error) {
+func (h *Handler) tenantSource(r *http.Request) (*tenant, error) {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		repl = caddy.NewEmptyReplacer()
@@ -69,7 +71,7 @@ func (h *Handler) tenantSource(r *http.Request) (*requestSource, error) {
 		}
 		return nil, caddyhttp.Error(status, fmt.Errorf("upstream_oauth %s: %w", h.tenants.name, err))
 	}
-	return &tn.rs, nil
+	return tn, nil
 }
 
 // token returns the source's token and its header value, or the 502 error

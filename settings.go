@@ -210,7 +210,9 @@ func (r resolver) header(s *settings, g *grants.Config) error {
 	}
 	if scheme != "" {
 		s.prefix = scheme + " "
-		g.TokenType = scheme
+		// In one case, as responses are compared: the same scheme in
+		// another case is the same source.
+		g.TokenType = strings.ToLower(scheme)
 	} else {
 		g.TokenType = grants.DefaultTokenType
 	}

@@ -8,6 +8,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -155,5 +157,29 @@ func TestShareKeyedByTheKey(t *testing.T) {
 				t.Errorf("the source that wrote the record cannot read it: %v", err)
 			}
 		})
+	}
+}
+
+// TestSchemeCaseOneSource: handlers whose token settings differ only in the
+// case of the token_type they expect (Bearer, the default header's scheme;
+// bearer, a bare custom header's) share one source and one token.
+func TestSchemeCaseOneSource(t *testing.T) {
+	a := &Handler{Name: "scheme-case"}
+	n := provisionTest(t, a)
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+	defer cancel()
+	b := &Handler{Name: "scheme-case", Header: "X-Token", TokenURL: a.TokenURL, ClientID: a.ClientID, ClientSecret: a.ClientSecret}
+	if err := b.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = b.Cleanup() }()
+	for _, h := range []*Handler{a, b} {
+		if err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil), okNext); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.src != b.src || n.Load() != 1 {
+		t.Errorf("same token settings (header Authorization with scheme Bearer, and header X-Token): "+
+			"%d token requests, same source %v; handlers with the same token settings share one token source", n.Load(), a.src == b.src)
 	}
 }

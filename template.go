@@ -63,6 +63,11 @@ func compileTemplate(s string, global *caddy.Replacer) template {
 			break
 		}
 		key := s[i+1 : end]
+		if !placeholderName(key) { // JSON, say: literal, as Caddy would leave it
+			lit.WriteString(s[i : end+1])
+			i = end
+			continue
+		}
 		i = end
 		if globalPlaceholder(key) {
 			v, _ := global.Get(key)
@@ -85,6 +90,32 @@ func compileTemplate(s string, global *caddy.Replacer) template {
 	t.parts = parts
 	return t
 }
+
+// placeholderName reports whether key can name a placeholder: letters,
+// digits and ._-[]/:@~ (the names of Caddy's placeholders, of map's and
+// vars' variables, and of headers, cookies and query parameters in them).
+// Braces around anything else, such as the JSON of an RFC 9396
+// authorization_details param, are literal.
+func placeholderName(key string) bool {
+	if key == "" {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("._-[]/:@~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// requestNamespace reports whether key is one of Caddy's HTTP placeholders
+// ({http.*}): known for every request, even when empty. Any other key (a
+// variable of map, or braces in a secret) that the request's replacer does
+// not know stands as written, as Caddy's ReplaceKnown leaves it.
+func requestNamespace(key string) bool { return strings.HasPrefix(key, "http.") }
 
 // closingBrace is the index of the first } at or after from that is not
 // escaped, -1 when there is none.
@@ -114,8 +145,9 @@ func requestPlaceholder(s string) string {
 }
 
 // appendValue appends t's value for the request whose replacer is repl:
-// each request placeholder's value, as the replacer has it ("" when it has
-// none), between the literals. Values are appended as they are, never
+// each request placeholder's value, as the replacer has it, between the
+// literals. A placeholder it has no value for is "" when it is an HTTP
+// placeholder, else it stands as written ({name}). Values are appended as they are, never
 // read for placeholders again.
 func (t template) appendValue(dst []byte, repl *caddy.Replacer) []byte {
 	if t.parts == nil {
@@ -128,6 +160,8 @@ func (t template) appendValue(dst []byte, repl *caddy.Replacer) []byte {
 		}
 		if v, ok := repl.Get(p.key); ok {
 			dst = appendString(dst, v)
+		} else if !requestNamespace(p.key) {
+			dst = append(append(append(dst, '{'), p.key...), '}')
 		}
 	}
 	return dst
@@ -139,8 +173,9 @@ func (t template) valueFor(repl *caddy.Replacer) string {
 		return t.value
 	}
 	if len(t.parts) == 1 {
-		v, _ := repl.Get(t.parts[0].key)
-		return caddy.ToString(v)
+		if v, ok := repl.Get(t.parts[0].key); ok || requestNamespace(t.parts[0].key) {
+			return caddy.ToString(v)
+		}
 	}
 	return string(t.appendValue(nil, repl))
 }

@@ -8,8 +8,10 @@ import (
 
 // TestTemplate: global placeholders are expanded once, at compile time, and
 // their values (a secret with braces in it) are literals, never read for
-// placeholders; request placeholders are read per request, unknown ones as
-// empty; escaped braces are literal, as in Caddy's replacer.
+// placeholders; request placeholders are read per request, unknown HTTP
+// ones as empty, other unknown ones as written (as Caddy's ReplaceKnown);
+// braces around what cannot name a placeholder, and escaped braces, are
+// literal.
 func TestTemplate(t *testing.T) {
 	t.Setenv("UPSTREAM_OAUTH_BRACED", "s3{tenant}cr}et{")
 	global := caddy.NewReplacer()
@@ -29,6 +31,12 @@ func TestTemplate(t *testing.T) {
 		{"{http.request.header.X-Unset}", "", true, "{http.request.header.X-Unset}"},
 		{`\{tenant\}`, "{tenant}", false, ""},
 		{"open{brace", "open{brace", false, ""},
+		{`[{"type":"a","actions":["x"]}]`, `[{"type":"a","actions":["x"]}]`, false, ""},
+		{"{}", "{}", false, ""},
+		{"{not a placeholder}", "{not a placeholder}", false, ""},
+		{"p4ss{w0rd}", "p4ss{w0rd}", true, "{w0rd}"},
+		{"{w0rd}", "{w0rd}", true, "{w0rd}"},
+		{"{tenant}-{http.regexp.t.1}", "acme-", true, "{tenant}"},
 	} {
 		tm := compileTemplate(c.in, global)
 		if tm.dynamic() != c.dynamic {

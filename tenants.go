@@ -62,12 +62,42 @@ type tenantMaker func(repl *caddy.Replacer) (*pooledSource, error)
 // answered 403, and no token is requested.
 var errIncomplete = errors.New("the request's credentials are incomplete")
 
-// tenant is a table's entry: a tenant's source.
+// tenant is a table's entry: a tenant's source. A tenant that leaves the
+// table (least recently used beyond max_sources, or idle) while requests
+// use its source is stopped when the last of them is done: a request never
+// sees its source stop under it, nor its token logged out while it carries
+// it.
 type tenant struct {
 	key      string
 	rs       requestSource // the source, as the request path takes it
 	src      *pooledSource
 	lastUsed atomic.Int64 // the table's clock (time since born) when last used
+	users    atomic.Int32 // requests using the source (taken under the table's lock)
+	removed  atomic.Bool  // out of the table: stopped once users is 0
+	stopped  atomic.Bool
+}
+
+// release ends a request's use of tn's source (source took it).
+func (tn *tenant) release() {
+	if tn.users.Add(-1) == 0 && tn.removed.Load() {
+		tn.stop()
+	}
+}
+
+// leave stops tn's source, which is out of the table, unless a request
+// still uses it: then its last user does (release).
+func (tn *tenant) leave() {
+	tn.removed.Store(true)
+	if tn.users.Load() == 0 {
+		tn.stop()
+	}
+}
+
+// stop stops tn's source, once.
+func (tn *tenant) stop() {
+	if tn.stopped.CompareAndSwap(false, true) {
+		stopTenantSource(tn.src)
+	}
 }
 
 // Defaults of the tenant table.
@@ -87,12 +117,18 @@ func newTenantTable(name string, keyOf []template, maker tenantMaker, maxSources
 }
 
 // source returns the source of the tenant whose request has repl, making it
-// on first use.
+// on first use. The request uses it until it calls the tenant's release.
 func (t *tenantTable) source(repl *caddy.Replacer) (*tenant, error) {
 	var buf [256]byte // on the stack: a key longer than that goes to the heap
-	key := t.appendKey(buf[:0], repl)
+	key, err := t.appendKey(buf[:0], repl)
+	if err != nil {
+		return nil, err
+	}
 	t.mu.RLock()
 	tn, ok := t.entries[string(key)]
+	if ok {
+		tn.users.Add(1) // under the lock: a tenant in the table is not stopped
+	}
 	t.mu.RUnlock()
 	if ok {
 		tn.lastUsed.Store(t.now())
@@ -101,19 +137,39 @@ func (t *tenantTable) source(repl *caddy.Replacer) (*tenant, error) {
 	return t.add(string(key), repl)
 }
 
+// Bounds of a tenant's credentials: each dynamic field's value, and the
+// key they make together. A request beyond them is answered 403, and makes
+// no source: where the values come from the client (a header, say), its
+// tenant costs the table at most a few KiB however large the values it
+// sends (the key, the source's settings, the forms its redactor knows).
+const (
+	maxTenantValue = 2 << 10
+	maxTenantKey   = 4 << 10
+)
+
+// errTooLong is a request whose credentials are over the bounds.
+var errTooLong = fmt.Errorf("the request's credentials are too long (a value over %d bytes, or over %d in all)",
+	maxTenantValue, maxTenantKey)
+
 // now is the table's clock: the monotonic time since it was made.
 func (t *tenantTable) now() int64 { return t.clock() }
 
 // appendKey appends the key of the request's tenant: each dynamic field's
-// value, after its length.
-func (t *tenantTable) appendKey(dst []byte, repl *caddy.Replacer) []byte {
+// value, after its length; errTooLong beyond maxTenantValue or
+// maxTenantKey.
+func (t *tenantTable) appendKey(dst []byte, repl *caddy.Replacer) ([]byte, error) {
+	start := len(dst)
 	for _, f := range t.keyOf {
 		at := len(dst)
 		dst = append(dst, 0, 0, 0, 0)
 		dst = f.appendValue(dst, repl)
-		binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+		n := len(dst) - at - 4
+		if n > maxTenantValue || len(dst)-start > maxTenantKey {
+			return nil, errTooLong
+		}
+		binary.BigEndian.PutUint32(dst[at:], uint32(n)) //nolint:gosec // G115: at most maxTenantValue
 	}
-	return dst
+	return dst, nil
 }
 
 // add makes the source of a tenant not in the table yet. Two requests of
@@ -136,10 +192,12 @@ func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
 		return nil, errTableClosed
 	}
 	if cur, ok := t.entries[key]; ok { // made meanwhile
+		cur.users.Add(1)
 		t.mu.Unlock()
 		stopTenantSource(src)
 		return cur, nil
 	}
+	tn.users.Add(1)
 	t.entries[key] = tn
 	for len(t.entries) > t.max {
 		evicted = append(evicted, t.removeLRULocked(tn))
@@ -150,7 +208,7 @@ func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
 	t.stats.live.Set(float64(live))
 	for _, e := range evicted {
 		t.stats.evicted.WithLabelValues(evictedCapacity).Inc()
-		stopTenantSource(e.src)
+		e.leave()
 	}
 	return tn, nil
 }
@@ -193,7 +251,7 @@ func (t *tenantTable) sweep() {
 		t.stats.live.Set(float64(live))
 		t.stats.evicted.WithLabelValues(evictedIdle).Add(float64(len(idle)))
 		for _, e := range idle {
-			stopTenantSource(e.src)
+			e.leave()
 		}
 	}
 }
@@ -219,7 +277,7 @@ func (t *tenantTable) Destruct() error {
 	clear(t.entries)
 	t.mu.Unlock()
 	for _, tn := range all {
-		stopTenantSource(tn.src)
+		tn.stop() // the config is done with its requests
 	}
 	forgetTenantStats(t.name)
 	return nil
@@ -359,7 +417,7 @@ func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dy
 	}{s, maxSources, s.header, s.prefix}
 	b, _ := json.Marshal(keyed) //nolint:gosec // G117: hashed, never stored or shown
 	sum := sha256.Sum256(append([]byte("tenants\x00"), b...))
-	h.key = hex.EncodeToString(sum[:])
+	key := hex.EncodeToString(sum[:])
 
 	hc, err := tokenHTTPClient(ctx, s.TLS)
 	if err != nil {
@@ -389,13 +447,13 @@ func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dy
 		}
 		return newSource(ts, hc, name)
 	}
-	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+	val, _, err := sources.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newTenantTable(name, keyOf, maker, maxSources, defaultIdle), nil
 	})
 	if err != nil {
-		h.key = ""
 		return err
 	}
+	h.key = key // Cleanup lets go of the reference only once it is taken
 	h.tenants = val.(*tenantTable)
 	return nil
 }

@@ -161,7 +161,16 @@ func TestTenantIncomplete(t *testing.T) {
 	h := &Handler{Name: t.Name(), ClientID: "{tenant_id}", ClientSecret: "{tenant_secret}"}
 	provisionTenantHandler(t, h, e)
 	for _, vars := range []map[string]any{nil, {"tenant_id": "acme"}, {"tenant_id": "", "tenant_secret": "s"}} {
-		err := h.ServeHTTP(httptest.NewRecorder(), tenantRequest(vars), okNext)
+		// As map gives its variables: known for every request, nil when
+		// neither a mapping nor a default gives one.
+		r := tenantRequest(nil)
+		r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Map(func(key string) (any, bool) {
+			if key != "tenant_id" && key != "tenant_secret" {
+				return nil, false
+			}
+			return vars[key], true
+		})
+		err := h.ServeHTTP(httptest.NewRecorder(), r, okNext)
 		var he caddyhttp.HandlerError
 		if !errors.As(err, &he) || he.StatusCode != http.StatusForbidden {
 			t.Errorf("credentials %v: %v, want a 403 error", vars, err)
@@ -229,6 +238,162 @@ func TestTenantTableIdle(t *testing.T) {
 	srcs := tt.sources()
 	if len(srcs) != 1 || srcs[0].info.ClientID != "busy" {
 		t.Fatalf("after the idle time: %d sources, want the busy one only", len(srcs))
+	}
+}
+
+// TestTenantEvictedWhileInUse: a tenant that leaves the table (beyond
+// max_sources) while a request uses its source keeps the source until
+// that request is done: the request's renew_on replay still works, and
+// only then is the source stopped.
+func TestTenantEvictedWhileInUse(t *testing.T) {
+	e := newTenantEndpoint(t, 0)
+	h := &Handler{Name: t.Name(), ClientID: "{tenant_id}", ClientSecret: "{tenant_secret}", MaxSources: 1}
+	provisionTenantHandler(t, h, e)
+	inUpstream, goOn := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	refuseFirst := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if calls.Add(1) == 1 {
+			close(inUpstream)
+			<-goOn
+			w.WriteHeader(http.StatusUnauthorized) // renew_on (401 by default): retire, renew, replay
+			return nil
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+	type answer struct {
+		code int
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		err := h.ServeHTTP(rec, tenantRequest(map[string]any{"tenant_id": "first", "tenant_secret": "s1"}), refuseFirst)
+		done <- answer{rec.Code, err}
+	}()
+	<-inUpstream
+	first := h.tenants.sources()[0]
+	// Another tenant, over max_sources 1: the first leaves the table.
+	if err := h.ServeHTTP(httptest.NewRecorder(), tenantRequest(map[string]any{"tenant_id": "second", "tenant_secret": "s2"}), okNext); err != nil {
+		t.Fatal(err)
+	}
+	if srcs := h.tenants.sources(); len(srcs) != 1 || srcs[0].info.ClientID != "second" {
+		t.Fatalf("max_sources 1: the table should hold the second tenant only")
+	}
+	close(goOn)
+	a := <-done
+	if a.err != nil || a.code != http.StatusNoContent {
+		t.Errorf("the first tenant's request, evicted from the table while in the upstream: %d %v; "+
+			"want its renew_on replay answered 204: its source must not stop while a request uses it", a.code, a.err)
+	}
+	if got := first.Status().State; got != "stopped" {
+		t.Errorf("the evicted source is %q once its last request is done, want stopped", got)
+	}
+	if n := e.n.Load(); n != 3 {
+		t.Errorf("%d token requests, want 3 (first, its renewal after the 401, second)", n)
+	}
+}
+
+// TestTenantEvictionUnderLoad: tenants thrashing in a table too small for
+// them (max_sources 2, three tenants, requests at once) are never answered
+// 502 for a source stopped under them.
+func TestTenantEvictionUnderLoad(t *testing.T) {
+	e := newTenantEndpoint(t, 0)
+	h := &Handler{Name: t.Name(), ClientID: "{tenant_id}", ClientSecret: "{tenant_secret}", MaxSources: 2}
+	provisionTenantHandler(t, h, e)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				id := fmt.Sprintf("t%d", (g+i)%3)
+				r := tenantRequest(map[string]any{"tenant_id": id, "tenant_secret": "s-" + id})
+				if err := h.ServeHTTP(httptest.NewRecorder(), r, okNext); err != nil {
+					if failed.Add(1) == 1 {
+						t.Errorf("tenant %s with valid credentials: %v; a source evicted while a request uses it must serve that request", id, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of 1600 requests failed", n)
+	}
+}
+
+// TestTenantCredentialBounds: a tenant's credential values are bounded
+// (2 KiB each, 4 KiB in all): a request beyond is answered 403, makes no
+// source and no token request, however large the values a client sends.
+func TestTenantCredentialBounds(t *testing.T) {
+	e := newTenantEndpoint(t, 0)
+	h := &Handler{Name: t.Name(), ClientID: "{http.request.header.X-Client}", ClientSecret: "{http.request.header.X-Secret}"}
+	provisionTenantHandler(t, h, e)
+	serve := func(id, secret string) error {
+		r := tenantRequest(nil)
+		r.Header.Set("X-Client", id)
+		r.Header.Set("X-Secret", secret)
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		caddyhttp.PrepareRequest(r, repl, httptest.NewRecorder(), nil)
+		return h.ServeHTTP(httptest.NewRecorder(), r, okNext)
+	}
+	if err := serve("c-ok", strings.Repeat("s", 2048)); err != nil {
+		t.Fatalf("a 2 KiB secret: %v, want it served", err)
+	}
+	for _, c := range []struct{ name, id, secret string }{
+		{"a secret over 2 KiB", "c1", strings.Repeat("s", 2049)},
+		{"a 1 MiB secret", "c2", strings.Repeat("s", 1<<20)},
+		{"an id over 2 KiB", strings.Repeat("c", 4096), "s"},
+		{"4 KiB in all", strings.Repeat("c", 2048), strings.Repeat("s", 2048)},
+	} {
+		err := serve(c.id, c.secret)
+		var he caddyhttp.HandlerError
+		if !errors.As(err, &he) || he.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: %v, want a 403 error", c.name, err)
+		}
+		if strings.Contains(fmt.Sprint(err), "sss") {
+			t.Errorf("%s: the error quotes the credentials", c.name)
+		}
+	}
+	if n, srcs := e.n.Load(), len(h.tenants.sources()); n != 1 || srcs != 1 {
+		t.Errorf("%d token requests and %d sources, want 1 and 1: credentials over the bounds make neither", n, srcs)
+	}
+}
+
+// TestLiteralBraces: braces that cannot be a placeholder (the JSON of an
+// RFC 9396 authorization_details param) are literal, so the handler's
+// credentials are static; braces that can (p4ss{w0rd}) but that the
+// request does not know stand as written, as Caddy's ReplaceKnown leaves
+// them.
+func TestLiteralBraces(t *testing.T) {
+	const details = `[{"type":"payment_initiation","locations":["https://api.example.com"]}]`
+	e := newTenantEndpoint(t, 0)
+	if err := benchConfigOnce(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+	defer cancel()
+	h := &Handler{Name: t.Name(), TokenURL: e.URL + "/token", ClientAuth: "body", ClientID: "client",
+		ClientSecret: "p4ss{w0rd}", Param: map[string]string{"authorization_details": details}}
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = h.Cleanup() }()
+	for range 3 {
+		if err := h.ServeHTTP(httptest.NewRecorder(), tenantRequest(nil), okNext); err != nil {
+			t.Fatalf("request: %v", err)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.forms) != 1 {
+		t.Fatalf("%d token requests, want 1", len(e.forms))
+	}
+	if got := e.forms[0].Get("authorization_details"); got != details {
+		t.Errorf("authorization_details sent as %q, want it as configured, %q", got, details)
+	}
+	if got := e.forms[0].Get("client_secret"); got != "p4ss{w0rd}" {
+		t.Errorf("client_secret sent as %q, want p4ss{w0rd}: braces no request knows stand as written", got)
 	}
 }
 
