@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -330,13 +332,21 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 		return nil, &TransportError{Err: fmt.Errorf("waiting for one of the %d token requests in flight to this endpoint: %w", MaxInFlight, err)}
 	}
 	defer c.slots.Release(1)
+	var sent atomic.Bool // the request was written in full
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				sent.Store(true)
+			}
+		},
+	}))
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if c.disc != nil {
 			c.disc.forget(tokenURL)
 		}
-		return nil, &TransportError{Err: scrubURLError(err)}
+		return nil, &TransportError{Err: scrubURLError(err), Sent: sent.Load()}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound && c.disc != nil {
@@ -347,7 +357,7 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 		if c.disc != nil {
 			c.disc.forget(tokenURL)
 		}
-		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err))}
+		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err)), Sent: true}
 	}
 	if len(body) > MaxBody {
 		return nil, &ResponseError{Status: resp.StatusCode, Reason: "response body over 1 MiB"}
@@ -371,6 +381,11 @@ type TransportError struct {
 	Err error
 	// Endpoint names what did not answer; empty: the token endpoint.
 	Endpoint string
+	// Sent: the request was written to the connection in full before the
+	// failure, so the endpoint may have acted on it (redeemed a refresh
+	// token) though no answer came. False when it cannot have: no
+	// connection, a TLS failure, a wait for one of the endpoint's slots.
+	Sent bool
 }
 
 func (e *TransportError) Error() string {

@@ -87,6 +87,23 @@ func (e *ProviderError) Credentials() bool {
 	return status == 400 || status == 401 || status == 403
 }
 
+// Transient reports whether the provider answered that it cannot serve the
+// request now, which a later attempt may mend: it sent a Retry-After, or
+// the status is 408, 429 or 5xx. A 200 whose body is an RFC 6749 error
+// counts as the status that error is sent with (server_error,
+// temporarily_unavailable). Any other error answer refuses the request
+// itself.
+func (e *ProviderError) Transient() bool {
+	if e.RetryAfter > 0 {
+		return true
+	}
+	status := e.Status
+	if status == http.StatusOK {
+		status = rfc6749Status(e.Code)
+	}
+	return status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500
+}
+
 // rfc6749Status is the status RFC 6749 (section 5.2) sends error code with,
 // and 6749's two server-side codes (section 4.1.2.1) theirs; 0 for other
 // codes.
