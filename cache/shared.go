@@ -317,22 +317,26 @@ func (s *Source) lockWait(sh *Shared) time.Duration {
 // stored ("" if none). Under the lock, the record's refresh token (the
 // fleet's newest) is used first, after the record is stored without it: an
 // instance that dies after redeeming it leaves none behind for another to
-// replay against a provider that detects reuse.
-func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Result, ok bool) {
+// replay against a provider that detects reuse. When its grant fails in a
+// way that leaves it good for another try (see Source.fetch), this
+// instance keeps it for its next attempt, as its own: the record no longer
+// holds it. c is the refresh token for the next attempt (see obtain).
+func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Result, c carry, ok bool) {
 	st := sh.current()
 	if st == nil || sh.isDown(time.Now()) {
-		return nil, res, false
+		return nil, res, c, false
 	}
-	hit := func(t *grants.Token) (*grants.Token, Result, bool) {
+	hit := func(t *grants.Token) (*grants.Token, Result, carry, bool) {
 		sh.restored(s)
 		if sh.OnLookup != nil {
 			sh.OnLookup(LookupHit)
 		}
 		s.log.Debug("token taken from shared storage", zap.Time("expires", t.Expiry))
-		return t, Result{Source: s.opts.Name, Token: t, Shared: true}, true
+		return t, Result{Source: s.opts.Name, Token: t, Shared: true}, carry{refresh: t.RefreshToken}, true
 	}
-	canceled := func() (*grants.Token, Result, bool) {
-		return nil, Result{Source: s.opts.Name, Err: s.ctx.Err()}, true
+	untried := carry{refresh: a.refresh, private: true} // a.refresh is private, or ""
+	canceled := func() (*grants.Token, Result, carry, bool) {
+		return nil, Result{Source: s.opts.Name, Err: s.ctx.Err()}, untried, true
 	}
 
 	found, err := s.lookup(sh, st, s.stepBound(sh, a.validUntil), s.ctx)
@@ -341,7 +345,7 @@ func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Res
 			return canceled()
 		}
 		sh.fail(s, "reading the shared token", err)
-		return nil, res, false
+		return nil, res, c, false
 	}
 	if t := s.usable(sh, found.tok, a); t != nil {
 		return hit(t)
@@ -349,7 +353,7 @@ func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Res
 	// The key new records are sealed with, derived (if need be) before
 	// taking the lock, which is then held for no derivation of it.
 	if _, err := sh.writeKey(s.ctx); err != nil {
-		return nil, Result{Source: s.opts.Name, Err: err}, true
+		return nil, Result{Source: s.opts.Name, Err: err}, untried, true
 	}
 
 	lockCtx, cancelLock := context.WithTimeout(s.ctx, s.lockWait(sh))
@@ -359,7 +363,7 @@ func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Res
 			return canceled()
 		}
 		sh.fail(s, "taking the shared lock", err)
-		return nil, res, false
+		return nil, res, c, false
 	}
 	defer func() {
 		err := sh.call(context.Background(), sh.stepTimeout(), func(ctx context.Context) error { return st.Unlock(ctx, sh.lock) })
@@ -377,7 +381,7 @@ func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Res
 			return canceled()
 		}
 		sh.fail(s, "reading the shared token", err)
-		return nil, res, false
+		return nil, res, c, false
 	}
 	if t := s.usable(sh, found.tok, a); t != nil {
 		return hit(t)
@@ -395,20 +399,20 @@ func (s *Source) obtainShared(sh *Shared, a attempt) (tok *grants.Token, res Res
 		claimed.RefreshToken = ""
 		if err := sh.write(s.ctx, st, &claimed, s.stepBound(sh, a.validUntil)); err != nil {
 			sh.fail(s, "claiming the shared refresh token", err)
-			return nil, res, false
+			return nil, res, c, false
 		}
 		refresh = t.RefreshToken
 	}
-	tok, res = s.fetch(refresh)
+	tok, res, keep := s.fetch(refresh)
 	if res.Err != nil {
-		return nil, res, true
+		return nil, res, outcome(tok, res, keep, true), true
 	}
 	if err := sh.write(s.ctx, st, tok, s.stepBound(sh, a.validUntil)); err != nil {
 		sh.fail(s, "storing the shared token", err)
 	} else {
 		sh.restored(s)
 	}
-	return tok, res, true
+	return tok, res, outcome(tok, res, keep, false), true
 }
 
 // isDown reports whether the storage failed recently enough to be left

@@ -94,13 +94,18 @@ type Source struct {
 	timer   *time.Timer
 	refresh string // refresh token of the last response, if any
 	// private: refresh was obtained by this instance's own token request
-	// and never stored, so no other instance can have redeemed it.
+	// and never stored (or claimed from the storage, which then no longer
+	// holds it), so no other instance can have redeemed it.
 	private bool
-	retired string // access token last retired, never to be taken back from storage
-	stopped bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup // token requests in flight
+	// refreshFails counts the attempts in a row whose refresh_token grant
+	// with refresh failed without the provider refusing it (see
+	// refreshTries).
+	refreshFails int
+	retired      string // access token last retired, never to be taken back from storage
+	stopped      bool
+	ctx          context.Context
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup // token requests in flight
 
 	// Retirements the upstream asked for (Retire): how many came each soon
 	// after the one before, and when the last one was, by clock (time.Now;
@@ -326,14 +331,14 @@ func (s *Source) run(f *flight) {
 	}
 	s.mu.Unlock()
 
-	tok, res, private := s.obtain(a)
+	tok, res, carried := s.obtain(a)
 
 	s.mu.Lock()
 	old := s.snap.Load()
 	now := time.Now()
 	var next *snapshot
 	if res.Err == nil {
-		s.refresh, s.private = tok.RefreshToken, private
+		s.refresh, s.private, s.refreshFails = carried.refresh, carried.private, 0
 		next = &snapshot{tok: tok, expiry: tok.Expiry, renewAt: s.renewAt(tok)}
 		if s.opts.Header {
 			next.header = s.opts.HeaderPrefix + tok.AccessToken
@@ -344,9 +349,7 @@ func (s *Source) run(f *flight) {
 		s.lastSuccess.Store(now.UnixNano())
 		s.scheduleLocked(next.renewAt.Sub(now))
 	} else {
-		if a.refresh != "" {
-			s.refresh = "" // it failed, and so did the configured grant
-		}
+		s.carryLocked(carried, res)
 		next = &snapshot{err: res.Err, failures: old.failures + 1}
 		if old.tok != nil && now.Before(old.tok.Expiry) {
 			next.tok, next.header, next.expiry, next.renewAt = old.tok, old.header, old.expiry, old.renewAt // keep using it while it lasts
@@ -363,6 +366,40 @@ func (s *Source) run(f *flight) {
 	s.mu.Unlock()
 
 	s.report(res, next, old)
+}
+
+// refreshTries is how many attempts in a row a refresh token is tried on
+// while its grant fails without the provider refusing it (a provider that
+// answers 500 to a refresh token it no longer knows would otherwise leave
+// the source without a token for as long as it does so): then it is
+// dropped, and the next attempt uses the configured grant.
+const refreshTries = 3
+
+// carryLocked keeps for the next attempt the refresh token that a failed
+// attempt left (see fetch), unless it has now failed refreshTries attempts
+// in a row. s.mu must be held.
+func (s *Source) carryLocked(c carry, res Result) {
+	if c.refresh != s.refresh {
+		s.refreshFails = 0
+	}
+	s.refresh, s.private = c.refresh, c.private
+	if c.refresh == "" || !res.Refresh {
+		return
+	}
+	s.refreshFails++
+	if s.refreshFails >= refreshTries {
+		s.refresh, s.private, s.refreshFails = "", false, 0
+		s.log.Info("the refresh_token grant failed on several attempts in a row; the next attempt uses the configured grant",
+			zap.Int("attempts", refreshTries))
+	}
+}
+
+// carry is the refresh token an attempt leaves for the next one.
+type carry struct {
+	refresh string
+	// private: no other instance can have redeemed refresh (see
+	// Source.private).
+	private bool
 }
 
 // attempt is what a token request starts from.
@@ -388,44 +425,68 @@ func (a attempt) avoids(tok *grants.Token) bool {
 // provider. A shared source that fetches on its own uses only a refresh
 // token it obtained on its own and never stored (else the configured
 // grant): one that went through the storage may have been redeemed by
-// another instance. The result tells whether the new token is such a
-// private one.
-func (s *Source) obtain(a attempt) (*grants.Token, Result, bool) {
+// another instance. The carry is the refresh token for the next attempt:
+// the new token's, and whether it is such a private one; after a failure,
+// the refresh token that is still good for another try, if any.
+func (s *Source) obtain(a attempt) (*grants.Token, Result, carry) {
 	sh := s.opts.Shared
 	if sh == nil {
-		tok, res := s.fetch(a.refresh)
-		return tok, res, true
+		tok, res, keep := s.fetch(a.refresh)
+		return tok, res, outcome(tok, res, keep, true)
 	}
 	if !a.private {
 		a.refresh = ""
 	}
-	if tok, res, ok := s.obtainShared(sh, a); ok {
-		return tok, res, false
+	if tok, res, c, ok := s.obtainShared(sh, a); ok {
+		return tok, res, c
 	}
-	tok, res := s.fetch(a.refresh)
-	return tok, res, true
+	tok, res, keep := s.fetch(a.refresh)
+	return tok, res, outcome(tok, res, keep, true)
+}
+
+// outcome is the carry of a fetch: on success the new token's refresh
+// token, private as the caller says; after a failure keep, which only this
+// instance holds.
+func outcome(tok *grants.Token, res Result, keep string, private bool) carry {
+	if res.Err == nil {
+		return carry{refresh: tok.RefreshToken, private: private}
+	}
+	return carry{refresh: keep, private: true}
 }
 
 // fetch asks the provider for a token: with the refresh token first, when
-// there is one, then with the configured grant.
-func (s *Source) fetch(refresh string) (*grants.Token, Result) {
-	res := Result{Source: s.opts.Name}
+// there is one, then with the configured grant, but only when the provider
+// refused the refresh token (see refused). Any other failure of the
+// refresh_token grant (a Retry-After, a 408, 429 or 5xx, no answer) is the
+// attempt's: the source backs off, honouring the provider's Retry-After,
+// before any further token request, and does not double the load on a
+// provider that struggles. keep is the refresh token for the next attempt
+// after such a failure: refresh, unless the request went out and got no
+// answer (see spent); else "".
+func (s *Source) fetch(refresh string) (tok *grants.Token, res Result, keep string) {
+	res = Result{Source: s.opts.Name}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
 	defer cancel()
 	if refresh != "" {
 		tok, err := s.opts.Fetcher.Refresh(ctx, refresh)
+		s.requests.Add(1)
 		if err == nil {
 			res.Token, res.Refresh, res.Duration = tok, true, time.Since(start)
-			s.requests.Add(1)
-			return tok, res
+			return tok, res, ""
 		}
-		s.requests.Add(1)
 		s.failures.Add(1)
+		if !refused(err) {
+			res.Err, res.Refresh, res.Duration = err, true, time.Since(start)
+			if !spent(err) {
+				keep = refresh
+			}
+			return nil, res, keep
+		}
 		if s.opts.OnResult != nil {
 			s.opts.OnResult(Result{Source: s.opts.Name, Err: err, Duration: time.Since(start), Refresh: true})
 		}
-		s.log.Info("refresh_token grant failed; falling back to the configured grant", zap.Error(err))
+		s.log.Info("the provider refused the refresh token; falling back to the configured grant", zap.Error(err))
 		start = time.Now()
 		cancel()
 		ctx, cancel = context.WithTimeout(s.ctx, s.opts.Timeout)
@@ -437,7 +498,40 @@ func (s *Source) fetch(refresh string) (*grants.Token, Result) {
 	if err != nil {
 		s.failures.Add(1)
 	}
-	return tok, res
+	return tok, res, ""
+}
+
+// refused reports whether err is the provider refusing a refresh_token
+// grant itself, which the configured grant is then tried after at once: an
+// error answer that a later attempt will not mend (RFC 6749 section 5.2:
+// invalid_grant, invalid_request, unauthorized_client, ... with 400 or 401,
+// or in a 200; Telenor's 401 code 7; any 4xx but 408 and 429, without a
+// Retry-After), or an answer that is no usable token (but a 5xx). No
+// answer, a failure before the request went out, and an answer that says
+// "not now" (see grants.ProviderError.Transient) are not refusals.
+func refused(err error) bool {
+	if pe, ok := errors.AsType[*grants.ProviderError](err); ok {
+		return !pe.Transient()
+	}
+	re, ok := errors.AsType[*grants.ResponseError](err)
+	return ok && re.Status < 500
+}
+
+// spent reports whether a refresh_token grant that failed with err, not
+// refused, may have used its refresh token up without the source learning
+// so: the request went out in full and no answer came (a timeout, a
+// connection lost). Sending it again would replay a refresh token that a
+// provider which rotates them may have redeemed already, so the next
+// attempt uses the configured grant instead. A context's end without a
+// *grants.TransportError to tell counts as such.
+func spent(err error) bool {
+	if te, ok := errors.AsType[*grants.TransportError](err); ok {
+		return te.Sent
+	}
+	if _, ok := errors.AsType[*grants.ProviderError](err); ok {
+		return false
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // report logs an outcome and passes it on.
@@ -463,9 +557,9 @@ func (s *Source) report(res Result, next, old *snapshot) {
 		retryIn := time.Until(next.retryAt).Round(time.Millisecond)
 		if next.tok != nil {
 			s.log.Warn("token renewal failed; the current token is still valid",
-				zap.Error(res.Err), zap.Duration("retry_in", retryIn), zap.Time("expires", next.tok.Expiry))
+				zap.Error(res.Err), zap.Bool("refresh_grant", res.Refresh), zap.Duration("retry_in", retryIn), zap.Time("expires", next.tok.Expiry))
 		} else {
-			s.log.Warn("token request failed", zap.Error(res.Err), zap.Duration("retry_in", retryIn),
+			s.log.Warn("token request failed", zap.Error(res.Err), zap.Bool("refresh_grant", res.Refresh), zap.Duration("retry_in", retryIn),
 				zap.Int("failures_in_a_row", next.failures))
 			if old.tok != nil || old.failures == 0 {
 				s.log.Error("no valid token: requests are answered 502 until a token is obtained",

@@ -724,7 +724,7 @@ func TestStatus(t *testing.T) {
 	checkNoSecret(t, st, tok)
 
 	f.setTokenErr(errors.New("upstream exploded"))
-	f.setRefreshErr(errors.New("refresh exploded"))
+	f.setRefreshErr(&grants.ProviderError{Status: 400, Code: "invalid_grant"}) // refused: the configured grant follows
 	if err := s.Renew(context.Background()); err == nil {
 		t.Fatal("Renew succeeded")
 	}

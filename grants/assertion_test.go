@@ -673,7 +673,7 @@ func TestAssertionEchoWithheld(t *testing.T) {
 	c.TokenURL = s.URL + "/token"
 	_, err := newClient(t, c).Token(context.Background())
 	pe, ok := errors.AsType[*ProviderError](err)
-	if !ok || pe.Code != "invalid_client" || pe.Description != "(withheld: it quotes the client assertion)" {
+	if !ok || pe.Code != "invalid_client" || pe.Description != withheld {
 		t.Fatalf("error %v, want invalid_client with the description withheld", err)
 	}
 }

@@ -237,3 +237,164 @@ func TestMaxInFlightPerEndpoint(t *testing.T) {
 		t.Errorf("most token requests in flight at once to one endpoint: %d, want %d", m, MaxInFlight)
 	}
 }
+
+// Secrets of TestTruncatedEchoWithheld, each with characters that the
+// encodings write differently, so that every form is its own text.
+const (
+	cutClientSecret = `Zr8-very+secret&value"42/ü`
+	cutPassword     = `Pw9 owner&pass<word>"x7`
+	cutRefresh      = "rt-Qw8/e+r=long-refresh-value"
+)
+
+// secretRuns lists every run of n bytes of the forms of the secrets.
+func secretRuns(n int, forms ...string) []string {
+	var out []string
+	for _, f := range forms {
+		for i := 0; i+n <= len(f); i++ {
+			out = append(out, f[i:i+n])
+		}
+	}
+	return out
+}
+
+// TestTruncatedEchoWithheld: a provider that echoes only part of a secret
+// (its own cut of the request it got) in its error text, in any field it
+// puts its words in and in any form the secret was sent in, gets no run of
+// 8 bytes of it into the error: the contract's "a provider that echoes the
+// request back never puts a secret into a log line". The text is withheld
+// whole; an unrelated text passes unchanged.
+func TestTruncatedEchoWithheld(t *testing.T) {
+	basic := func(id, secret string) string { return base64.StdEncoding.EncodeToString([]byte(id + ":" + secret)) }
+	cfg := Config{Grant: Password, ClientID: "gateway-client", ClientSecret: cutClientSecret, Username: "owner",
+		Password: cutPassword, ClientAuth: AuthBasic, Body: BodyForm}
+	red := cfg.redactor().plus(cutRefresh)
+	secrets := []struct{ name, value, basic string }{
+		{"client_secret", cutClientSecret, basic(cfg.ClientID, cutClientSecret)},
+		{"password", cutPassword, ""},
+		{"refresh token", cutRefresh, ""},
+	}
+	var all []string
+	for _, s := range secrets {
+		all = append(append(all, secretForms(s.value)...), s.basic)
+	}
+	runs := secretRuns(8, all...)
+	shapes := map[string]func(echo string) string{
+		"error_description": func(e string) string {
+			return jsonText(map[string]string{"error": "invalid_request", "error_description": "malformed body: " + e})
+		},
+		"error": func(e string) string { return jsonText(map[string]string{"error": e}) },
+		"1NCE message": func(e string) string {
+			return jsonText(map[string]any{"statusCode": 400, "errorCode": "BadCredentials", "message": "request was " + e})
+		},
+		"1NCE errorCode":  func(e string) string { return jsonText(map[string]any{"statusCode": 400, "errorCode": e}) },
+		"Telenor message": func(e string) string { return jsonText(map[string]any{"error_code": 22, "error_message": "bad " + e}) },
+		"plain text":      func(e string) string { return "refused: " + e },
+	}
+	for _, s := range secrets {
+		forms := map[string]string{"plain": s.value, "URL-encoded": url.QueryEscape(s.value), "JSON-escaped": secretForms(s.value)[3]}
+		if s.basic != "" {
+			forms["Basic"] = s.basic
+		}
+		for formName, form := range forms {
+			// The provider's cut: the form less its last 3 bytes, and 8
+			// bytes from its middle.
+			for _, echo := range []string{form[:len(form)-3], form[3:11]} {
+				for shapeName, shape := range shapes {
+					err := parseError(http.StatusBadRequest, []byte(shape(echo)), red)
+					msg := err.Error()
+					for _, r := range runs {
+						if strings.Contains(msg, r) {
+							t.Errorf("%s, %s form cut to %q, in the %s: the error %q carries %q, 8 bytes of a secret; the contract: no provider text puts a secret into a log line",
+								s.name, formName, echo, shapeName, msg, r)
+							break
+						}
+					}
+					if !strings.Contains(msg, withheld) && !strings.Contains(msg, "non-JSON body of") { // a body with <> is only measured
+						t.Errorf("%s, %s form cut to %q, in the %s: the error %q does not say the provider's text was withheld", s.name, formName, echo, shapeName, msg)
+					}
+				}
+			}
+		}
+	}
+
+	// A token answer whose token_type or Content-Type echoes part of a
+	// secret is refused without it.
+	cut := url.QueryEscape(cutPassword)[:12]
+	for _, answer := range [][2]string{
+		{`{"access_token":"tok-0123456789","token_type":"` + cut + `","expires_in":60}`, "application/json"},
+		{`not json`, "text/" + cut},
+	} {
+		_, err := parseToken([]byte(answer[0]), answer[1], "bearer", time.Minute, time.Now(), red)
+		if err == nil {
+			t.Fatalf("answer %s was taken for a token", answer[0])
+		}
+		for _, r := range runs {
+			if strings.Contains(err.Error(), r) {
+				t.Errorf("the refusal %q carries %q, 8 bytes of a secret", err, r)
+				break
+			}
+		}
+	}
+
+	// Unrelated text passes unchanged, with these secrets as with short
+	// ones (under 8 bytes), whose runs are too short to tell a secret from
+	// a word: only their full forms are redacted.
+	short := Config{Grant: Password, ClientID: "c", ClientSecret: "Ab3$x", Username: "o", Password: "pa ss", ClientAuth: AuthBody, Body: BodyForm}
+	for _, r := range []redactor{red, short.redactor()} {
+		body := `{"error":"invalid_client","error_description":"Client authentication failed: unknown client (Ab3 pa)"}`
+		pe := parseError(http.StatusUnauthorized, []byte(body), r)
+		if pe.Code != "invalid_client" || pe.Description != "Client authentication failed: unknown client (Ab3 pa)" {
+			t.Errorf("an unrelated description became {%q %q}; the contract logs the provider's own words", pe.Code, pe.Description)
+		}
+	}
+	// A secret with a word of the request in it ("password") does not
+	// withhold the provider's words where they quote that word in the
+	// open: only a run that is the secret's own is a sign of an echo.
+	worded := Config{Grant: Password, ClientID: "client-telenor", ClientSecret: "secret-telenor-Zq8", Username: "user-telenor",
+		Password: "password-telenor-Xk3", ClientAuth: AuthBasic, Body: BodyForm}
+	for body, want := range map[string]string{
+		`{"error_code":22,"error_message":"Basic Authentication failed, bad username or password."}`:               "Basic Authentication failed, bad username or password.",
+		`{"error":"invalid_request","error_description":"body grant_type=password&password=password-telenor-Xk3"}`: "body grant_type=password&password=" + Redacted,
+		`{"error":"invalid_request","error_description":"body grant_type=password&password=password-tel"}`:         withheld,
+		`{"error":"invalid_request","error_description":"user user-telenor, password passwor"}`:                    "user user-telenor, password passwor",
+	} {
+		if pe := parseError(http.StatusBadRequest, []byte(body), worded.redactor()); pe.Description != want {
+			t.Errorf("%s: description %q, want %q", body, pe.Description, want)
+		}
+	}
+
+	pe := parseError(http.StatusUnauthorized, []byte(`{"error":"invalid_client","error_description":"secret Ab3$x, password pa+ss"}`), short.redactor())
+	if pe.Description != "secret "+Redacted+", password "+Redacted {
+		t.Errorf("short secrets echoed whole: description %q, want each redacted", pe.Description)
+	}
+
+	// The same through a client: a refresh_token grant and a logout whose
+	// answers echo part of the refresh token and of the bearer token.
+	const bearer = "bearer-tok-Zx7.y_z-0123456789"
+	s := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		echo := url.QueryEscape(cutRefresh)[:20] + " " + bearer[:15]
+		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant", "error_description": "refused " + echo})
+	})
+	c := newClient(t, presetConfig("telenor", s.URL+"/oauth/v2/token"))
+	_, err := c.Refresh(context.Background(), cutRefresh)
+	errLogout := c.Logout(context.Background(), s.URL+"/oauth/v2/logout", &Token{AccessToken: bearer})
+	for _, e := range []error{err, errLogout} {
+		if e == nil {
+			t.Fatal("an error answer was taken for success")
+		}
+		for _, r := range secretRuns(8, append(secretForms(cutRefresh), bearer)...) {
+			if strings.Contains(e.Error(), r) {
+				t.Errorf("the error %q carries %q, 8 bytes of the refresh or bearer token", e, r)
+				break
+			}
+		}
+	}
+}
+
+// jsonText is v as JSON.
+func jsonText(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -96,7 +98,8 @@ func endpointSlots(tokenURL string) *semaphore.Weighted {
 
 // redactor removes c's secrets from provider text: the client secret (also
 // as the Basic header's id:secret), the password, and the values of
-// token_header and param that could be keys (4 characters or more).
+// token_header and param that could be keys (4 characters or more). What
+// c's requests carry in the open (see openText) is spared.
 func (c Config) redactor() redactor {
 	id, secret := c.clientCredentials()
 	secrets := []string{secret, c.ClientSecret, c.Password}
@@ -107,7 +110,26 @@ func (c Config) redactor() redactor {
 			}
 		}
 	}
-	return newRedactor(id, secrets...)
+	return newRedactor(id, secrets...).sparing(c.openText()...)
+}
+
+// openText is what c's requests carry in the open: the names of their
+// fields and headers, the grants, the client id, the username, scope,
+// audience and the endpoints. A provider that quotes them quotes no
+// secret, even where a secret has them in it.
+func (c Config) openText() []string {
+	id, _ := c.clientCredentials()
+	open := []string{"grant_type", "client_id", "client_secret", "username", "password", "refresh_token",
+		"scope", "audience", "client_assertion", "client_assertion_type", JWTBearer,
+		string(c.Grant), string(ClientCredentials), string(Password), string(RefreshToken),
+		"Authorization", "Basic", "application/json", "application/x-www-form-urlencoded",
+		id, c.ClientID, c.Username, strings.Join(c.Scopes, " "), c.Audience, c.TokenURL, c.Issuer}
+	for _, m := range []map[string]string{c.Headers, c.Params} {
+		for name := range m {
+			open = append(open, name)
+		}
+	}
+	return open
 }
 
 // NewHTTPClient returns an HTTP client for token requests: it follows no
@@ -291,7 +313,7 @@ func (c *Client) newRequest(ctx context.Context, tokenURL string, fields [][2]st
 
 // do sends fields to tokenURL and reads the answer; red removes the
 // request's secrets (and its client assertion) from any provider text in
-// the error. When tokenURL was discovered and the request gets no answer or
+// the error, and withholds text that quotes part of one. When tokenURL was discovered and the request gets no answer or
 // a 404, the metadata is read again for the next one: the endpoint may have
 // moved.
 func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, red redactor) (*Token, error) {
@@ -301,7 +323,7 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 	}
 	for _, f := range fields {
 		if f[0] == "client_assertion" {
-			red = red.plus(f[1])
+			red = red.plusAssertion(f[1])
 		}
 	}
 	// Wait for one of the endpoint's slots: the wait counts against ctx
@@ -310,13 +332,21 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 		return nil, &TransportError{Err: fmt.Errorf("waiting for one of the %d token requests in flight to this endpoint: %w", MaxInFlight, err)}
 	}
 	defer c.slots.Release(1)
+	var sent atomic.Bool // the request was written in full
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				sent.Store(true)
+			}
+		},
+	}))
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if c.disc != nil {
 			c.disc.forget(tokenURL)
 		}
-		return nil, &TransportError{Err: scrubURLError(err)}
+		return nil, &TransportError{Err: scrubURLError(err), Sent: sent.Load()}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound && c.disc != nil {
@@ -327,7 +357,7 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 		if c.disc != nil {
 			c.disc.forget(tokenURL)
 		}
-		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err))}
+		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err)), Sent: true}
 	}
 	if len(body) > MaxBody {
 		return nil, &ResponseError{Status: resp.StatusCode, Reason: "response body over 1 MiB"}
@@ -340,42 +370,9 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 			pe.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		}
-		return nil, withholdAssertion(pe, fields)
+		return nil, pe
 	}
 	return parseToken(body, resp.Header.Get("Content-Type"), c.cfg.TokenType, c.cfg.DefaultTTL, start, red)
-}
-
-// withholdAssertion withholds the fields of a provider's error that quote
-// the signature of the client assertion the request carried (a provider
-// that echoes the request), so that no log line carries a usable
-// assertion.
-func withholdAssertion(err error, fields [][2]string) error {
-	pe, ok := err.(*ProviderError) //nolint:errorlint // ParseError's own type, unwrapped
-	if !ok {
-		return err
-	}
-	for _, f := range fields {
-		if f[0] != "client_assertion" {
-			continue
-		}
-		sig := f[1][strings.LastIndexByte(f[1], '.')+1:]
-		for _, field := range []*string{&pe.Code, &pe.Description} {
-			if sharesRun(*field, sig, 16) {
-				*field = "(withheld: it quotes the client assertion)"
-			}
-		}
-	}
-	return pe
-}
-
-// sharesRun reports whether s holds n or more bytes in a row of secret.
-func sharesRun(s, secret string, n int) bool {
-	for i := 0; i+n <= len(secret); i++ {
-		if strings.Contains(s, secret[i:i+n]) {
-			return true
-		}
-	}
-	return false
 }
 
 // TransportError is a token request that got no answer: connection refused
@@ -384,6 +381,11 @@ type TransportError struct {
 	Err error
 	// Endpoint names what did not answer; empty: the token endpoint.
 	Endpoint string
+	// Sent: the request was written to the connection in full before the
+	// failure, so the endpoint may have acted on it (redeemed a refresh
+	// token) though no answer came. False when it cannot have: no
+	// connection, a TLS failure, a wait for one of the endpoint's slots.
+	Sent bool
 }
 
 func (e *TransportError) Error() string {

@@ -722,6 +722,8 @@ func TestClientTimeout(t *testing.T) {
 	var te *TransportError
 	if !errors.As(err, &te) {
 		t.Errorf("error %v (%T) is not a *TransportError", err, err)
+	} else if !te.Sent {
+		t.Errorf("error %v: Sent = false after the server read the request: its refresh token may be used up", err)
 	}
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("error %v does not wrap context.DeadlineExceeded", err)
@@ -768,13 +770,15 @@ func TestClientConnectionErrors(t *testing.T) {
 	tests := []struct {
 		name string
 		url  func(t *testing.T) string
+		sent bool // the request reached the server: Sent
 	}{
-		{"reset before answer", func(t *testing.T) string { return newServer(t, hijackAndClose("")).URL }},
+		{"reset before answer", func(t *testing.T) string { return newServer(t, hijackAndClose("")).URL }, true},
 		{"reset mid-body", func(t *testing.T) string {
 			return newServer(t, hijackAndClose("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"access_token\":\"abc")).URL
-		}},
-		{"garbage answer", func(t *testing.T) string { return newServer(t, hijackAndClose("SSH-2.0-OpenSSH\r\n\r\n")).URL }},
-		{"connection refused", func(t *testing.T) string { return closedURL }},
+		}, true},
+		{"garbage answer", func(t *testing.T) string { return newServer(t, hijackAndClose("SSH-2.0-OpenSSH\r\n\r\n")).URL }, true},
+		{"connection refused", func(t *testing.T) string { return closedURL }, false},
+		{"TLS to a plain server", func(t *testing.T) string { return strings.Replace(newServer(t, okAnswer).URL, "http:", "https:", 1) }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -789,6 +793,8 @@ func TestClientConnectionErrors(t *testing.T) {
 			var te *TransportError
 			if !errors.As(err, &te) {
 				t.Errorf("error %v (%T) is not a *TransportError", err, err)
+			} else if te.Sent != tt.sent {
+				t.Errorf("error %v: Sent = %v, want %v: a refresh token is sent again only after a request that cannot have reached the provider", err, te.Sent, tt.sent)
 			}
 			if strings.Contains(err.Error(), "QUERYSECRET") {
 				t.Errorf("error shows the URL's query: %v", err)

@@ -50,7 +50,8 @@ func (e *ResponseError) Error() string {
 // ProviderError is an error answer from the token endpoint, in the provider's
 // own words: RFC 6749 error/error_description, 1NCE's errorCode/message,
 // Telenor's numeric codes. Code and Description hold no secret of the
-// client's: they are redacted (see redactor).
+// client's: they are redacted, and withheld whole where they share a run of
+// 8 bytes with a secret (see redactor).
 type ProviderError struct {
 	Status      int
 	Code        string
@@ -84,6 +85,23 @@ func (e *ProviderError) Credentials() bool {
 		status = rfc6749Status(e.Code)
 	}
 	return status == 400 || status == 401 || status == 403
+}
+
+// Transient reports whether the provider answered that it cannot serve the
+// request now, which a later attempt may mend: it sent a Retry-After, or
+// the status is 408, 429 or 5xx. A 200 whose body is an RFC 6749 error
+// counts as the status that error is sent with (server_error,
+// temporarily_unavailable). Any other error answer refuses the request
+// itself.
+func (e *ProviderError) Transient() bool {
+	if e.RetryAfter > 0 {
+		return true
+	}
+	status := e.Status
+	if status == http.StatusOK {
+		status = rfc6749Status(e.Code)
+	}
+	return status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500
 }
 
 // rfc6749Status is the status RFC 6749 (section 5.2) sends error code with,
@@ -143,11 +161,11 @@ func parseToken(body []byte, contentType, wantType string, defaultTTL time.Durat
 		if mt == "" {
 			mt = "none"
 		}
-		return nil, refuse("body is not a JSON object (content-type %s)", sanitize(red.apply(mt), 64))
+		return nil, refuse("body is not a JSON object (content-type %s)", red.clean(mt, 64))
 	}
 	var tr tokenResponse
 	if err := json.Unmarshal(trimmed, &tr); err != nil {
-		return nil, refuse("malformed JSON: %s", sanitize(red.apply(err.Error()), 120))
+		return nil, refuse("malformed JSON: %s", red.clean(err.Error(), 120))
 	}
 	if tr.AccessToken == nil || *tr.AccessToken == "" {
 		if tr.Error != nil && *tr.Error != "" {
@@ -163,7 +181,7 @@ func parseToken(body []byte, contentType, wantType string, defaultTTL time.Durat
 		// Surrounding spaces ("Bearer ") are a harmless slip of some servers.
 		tok.TokenType = strings.TrimSpace(*tr.TokenType)
 		if wantType != "" && !strings.EqualFold(tok.TokenType, wantType) {
-			return nil, refuse("token_type %s is not %s", mention(red.apply(tok.TokenType), 32, true, tok.AccessToken), wantType)
+			return nil, refuse("token_type %s is not %s", mention(tok.TokenType, 32, true, tok.AccessToken, red), wantType)
 		}
 	}
 	lifetime, err := parseExpiresIn(tr.ExpiresIn, tok.AccessToken, red)
@@ -206,41 +224,40 @@ func parseExpiresIn(raw json.RawMessage, token string, red redactor) (time.Durat
 		}
 		s = strings.TrimSpace(str)
 	}
+	// A value that is a decimal number is quoted as it is: the number
+	// syntax leaves no secret to redact.
 	if strings.HasPrefix(s, "-") && decimal.MatchString(s[1:]) {
-		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token))
+		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token, redactor{}))
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || !decimal.MatchString(s) || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("expires_in %s is not a number", mention(red.apply(s), 32, true, token))
+		return 0, fmt.Errorf("expires_in %s is not a number", mention(s, 32, true, token, red))
 	}
 	if f <= 0 {
-		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token))
+		return 0, fmt.Errorf("expires_in %s is not positive", mention(s, 32, false, token, redactor{}))
 	}
 	if f < 1 {
 		// Would round to a lifetime of (almost) nothing, or to 0, which
 		// the caller takes for "absent" and replaces by default_ttl.
-		return 0, fmt.Errorf("expires_in %s is less than a second", mention(s, 32, false, token))
+		return 0, fmt.Errorf("expires_in %s is less than a second", mention(s, 32, false, token, redactor{}))
 	}
 	if f > MaxLifetime.Seconds() {
-		return 0, fmt.Errorf("expires_in %s is longer than a year", mention(s, 32, false, token))
+		return 0, fmt.Errorf("expires_in %s is longer than a year", mention(s, 32, false, token, redactor{}))
 	}
 	return time.Duration(f * float64(time.Second)), nil
 }
 
-// mention returns a response field's value for an error message: sanitized,
-// quoted if quote, and withheld if it shares a run of 8 or more bytes with the
-// access token, so that a field that echoes the token cannot carry it into a
-// log.
-func mention(v string, max int, quote bool, token string) string {
-	s := sanitize(v, max)
+// mention returns a response field's value for an error message: redacted,
+// sanitized, quoted if quote, and withheld if it shares a run of 8 or more
+// bytes with the access token or with a secret, so that a field that echoes
+// the token or part of a secret cannot carry it into a log.
+func mention(v string, max int, quote bool, token string, red redactor) string {
+	s := sanitize(red.apply(v), max)
 	if quote {
 		s = strconv.Quote(s)
 	}
-	const run = 8
-	for i := 0; i+run <= len(s); i++ {
-		if strings.Contains(token, s[i:i+run]) {
-			return "(withheld)"
-		}
+	if sharesRun(s, []string{token}, nil) || red.shares(s) {
+		return "(withheld)"
 	}
 	return s
 }
@@ -291,7 +308,8 @@ func ParseError(status int, body []byte) error {
 
 // parseError is ParseError with red's secrets removed from the provider's
 // words before they are cut to the length of a log line (so that no part of
-// a secret survives at the cut).
+// a secret survives at the cut), and a field that still shares a run with a
+// secret withheld (see redactor.clean).
 func parseError(status int, body []byte, red redactor) *ProviderError {
 	pe := &ProviderError{Status: status}
 	body = bytes.TrimPrefix(body, utf8BOM)
@@ -307,7 +325,7 @@ func parseError(status int, body []byte, red redactor) *ProviderError {
 }
 
 // firstField returns the first of names present in m, as text (strings and
-// numbers), redacted and sanitized for a log line.
+// numbers), cleaned for a log line (see redactor.clean).
 func firstField(m map[string]json.RawMessage, red redactor, names ...string) string {
 	for _, n := range names {
 		raw, ok := m[n]
@@ -316,25 +334,26 @@ func firstField(m map[string]json.RawMessage, red redactor, names ...string) str
 		}
 		var s string
 		if json.Unmarshal(raw, &s) == nil && s != "" {
-			return sanitize(red.apply(s), 200)
+			return red.clean(s, 200)
 		}
 		var num json.Number
 		if json.Unmarshal(raw, &num) == nil {
-			return sanitize(red.apply(num.String()), 32)
+			return red.clean(num.String(), 32)
 		}
 	}
 	return ""
 }
 
-// describeBody summarizes a non-JSON error body: a short plain text is quoted,
-// anything else only measured.
+// describeBody summarizes a non-JSON error body: a short plain text is quoted
+// (redacted, and withheld if it shares a run with a secret), anything else
+// only measured.
 func describeBody(body []byte, red redactor) string {
 	t := strings.TrimSpace(red.apply(string(body)))
 	switch {
 	case t == "":
 		return "empty body"
 	case len(t) <= 120 && !strings.ContainsAny(t, "<>{}"):
-		return sanitize(t, 120)
+		return red.withhold(sanitize(t, 120))
 	default:
 		return fmt.Sprintf("non-JSON body of %d bytes", len(body))
 	}

@@ -312,6 +312,28 @@ func TestProviderErrorCredentials(t *testing.T) {
 	}
 }
 
+// TestProviderErrorTransient: a Retry-After, 408, 429 and 5xx (and a 200
+// with server_error or temporarily_unavailable) say "not now"; every other
+// error answer refuses the request itself.
+func TestProviderErrorTransient(t *testing.T) {
+	for _, c := range []struct {
+		pe   ProviderError
+		want bool
+	}{
+		{ProviderError{Status: 408}, true}, {ProviderError{Status: 429}, true},
+		{ProviderError{Status: 500}, true}, {ProviderError{Status: 503}, true}, {ProviderError{Status: 504}, true},
+		{ProviderError{Status: 400, RetryAfter: time.Second}, true},
+		{ProviderError{Status: 200, Code: "temporarily_unavailable"}, true}, {ProviderError{Status: 200, Code: "server_error"}, true},
+		{ProviderError{Status: 400, Code: "invalid_grant"}, false}, {ProviderError{Status: 401, Code: "7"}, false},
+		{ProviderError{Status: 403}, false}, {ProviderError{Status: 404}, false},
+		{ProviderError{Status: 200, Code: "invalid_grant"}, false}, {ProviderError{Status: 200, Code: "expired_token"}, false},
+	} {
+		if got := c.pe.Transient(); got != c.want {
+			t.Errorf("%+v.Transient() = %v, want %v", c.pe, got, c.want)
+		}
+	}
+}
+
 func TestResponseErrorFormat(t *testing.T) {
 	err := &ResponseError{Status: 307, Reason: "redirect refused"}
 	if got, want := err.Error(), "token response refused (status 307): redirect refused"; got != want {
