@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -98,13 +101,22 @@ func (a *adminSources) handleSource(w http.ResponseWriter, r *http.Request) erro
 	a.logger.Info("token renewal requested through the admin API",
 		zap.String("source", name), zap.String("remote_addr", r.RemoteAddr))
 	var errs []error
+	var wait time.Duration // the longest Retry-After of a provider that asked to wait
 	for _, p := range named {
 		if err := p.Renew(r.Context()); err != nil {
 			errs = append(errs, err)
+			if ue, ok := errors.AsType[*cache.UnavailableError](err); ok {
+				wait = max(wait, ue.RetryAfter)
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("renewing %q: %v", name, err)}
+		status := http.StatusBadGateway
+		if wait > 0 && len(errs) == len(named) {
+			status = http.StatusTooManyRequests
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		}
+		return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf("renewing %q: %v", name, err)}
 	}
 	return writeStatuses(w, http.StatusOK, named)
 }

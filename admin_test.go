@@ -165,3 +165,26 @@ func TestAdminProvisionRegistersMetrics(t *testing.T) {
 		t.Errorf("metric on the admin's registry: %v (present %v)", v, ok)
 	}
 }
+
+// TestAdminRenewKeepsRetryAfter: a forced renewal keeps to the provider's
+// own Retry-After, as every token request does: it answers 429 with what
+// is left of it, and no token request goes out.
+func TestAdminRenewKeepsRetryAfter(t *testing.T) {
+	name := uniq("wait-src")
+	f := &fakeFetcher{ttl: time.Hour}
+	testSource(t, name, f)
+	f.fail(&grants.ProviderError{Status: http.StatusTooManyRequests, Code: "slow_down", RetryAfter: 30 * time.Second})
+	if code, body := adminCall(t, http.MethodPost, "/upstream_oauth/sources/"+name+"/renew"); code != http.StatusBadGateway {
+		t.Fatalf("renewal answered 429 by the provider: %d %s, want 502", code, body)
+	}
+	a := &adminSources{logger: zap.NewNop()}
+	w := httptest.NewRecorder()
+	err := a.handleSource(w, httptest.NewRequest(http.MethodPost, "/upstream_oauth/sources/"+name+"/renew", nil))
+	var ae caddy.APIError
+	if !errors.As(err, &ae) || ae.HTTPStatus != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+		t.Errorf("forced renewal during the provider's Retry-After: %v, Retry-After %q; want 429 with a Retry-After", err, w.Header().Get("Retry-After"))
+	}
+	if n := f.calls.Load(); n != 1 {
+		t.Errorf("%d token requests, want 1: none goes out before the provider's Retry-After", n)
+	}
+}

@@ -31,6 +31,16 @@ func refreshing(t *testing.T, opts Options) (*Source, *fakeFetcher, *grants.Toke
 	return s, f, tok
 }
 
+// retryAfterOver ends the provider's Retry-After that s keeps to, as time
+// passing would.
+func retryAfterOver(s *Source) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := *s.snap.Load()
+	st.waitUntil = time.Time{}
+	s.snap.Store(&st)
+}
+
 // callsSince is f's calls since the n-th.
 func callsSince(f *fakeFetcher, n int) []fetchCall { return f.history()[n:] }
 
@@ -72,9 +82,15 @@ func TestRefreshRetryAfterHonoured(t *testing.T) {
 			if st.RetryAt == nil || st.RetryAt.Sub(calls[0].end) < time.Minute {
 				t.Fatalf("status %+v: the next attempt is due before the provider's Retry-After (60 s after %v)", st, calls[0].end)
 			}
-			// The next attempt, once due (Renew stands in for the timer),
-			// tries the refresh token again.
+			// Even a forced renewal (the admin API's) keeps to the
+			// provider's Retry-After.
+			if err := s.Renew(context.Background()); !errors.As(err, new(*UnavailableError)) || len(callsSince(f, n)) != 1 {
+				t.Fatalf("Renew during the provider's Retry-After: %v, %d token requests; want an *UnavailableError and none", err, len(callsSince(f, n))-1)
+			}
+			// The next attempt, once due (Renew, once the Retry-After is
+			// over, stands in for the timer), tries the refresh token again.
 			f.setRefreshErr(nil)
+			retryAfterOver(s)
 			if err := s.Renew(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -123,6 +139,7 @@ func TestRefreshTransientFailureKeepsRefreshToken(t *testing.T) {
 				t.Errorf("status %+v; want backoff after 1 failure", st)
 			}
 			f.setRefreshErr(nil)
+			retryAfterOver(s)
 			if err := s.Renew(context.Background()); err != nil {
 				t.Fatal(err)
 			}

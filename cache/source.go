@@ -122,13 +122,15 @@ type Source struct {
 
 // snapshot is the immutable state the request path reads.
 type snapshot struct {
-	tok      *grants.Token // nil: none held
-	header   string        // Options.HeaderPrefix + tok.AccessToken, with Options.Header
-	expiry   time.Time     // tok.Expiry, here for the request path to read on one line
-	renewAt  time.Time
-	retryAt  time.Time // while backing off
-	err      error     // last failure, nil after a success
-	failures int       // failures in a row
+	tok     *grants.Token // nil: none held
+	header  string        // Options.HeaderPrefix + tok.AccessToken, with Options.Header
+	expiry  time.Time     // tok.Expiry, here for the request path to read on one line
+	renewAt time.Time
+	retryAt time.Time // while backing off
+	// waitUntil: the provider's own Retry-After, which even Renew keeps to
+	waitUntil time.Time
+	err       error // last failure, nil after a success
+	failures  int   // failures in a row
 }
 
 // flight is one token request in progress; done closes when it ends.
@@ -356,6 +358,9 @@ func (s *Source) run(f *flight) {
 		}
 		delay := s.backoff(next.failures, res.Err)
 		next.retryAt = now.Add(delay)
+		if pe, ok := errors.AsType[*grants.ProviderError](res.Err); ok && pe.RetryAfter > 0 {
+			next.waitUntil = now.Add(min(pe.RetryAfter, grants.MaxRetryAfter))
+		}
 		s.scheduleLocked(delay)
 	}
 	s.snap.Store(next)
@@ -702,9 +707,15 @@ func (s *Source) retireSpacing(n int) time.Duration {
 }
 
 // Renew starts a token request now, even while backing off, and waits for it
-// or ctx.
+// or ctx; but not before the provider's own Retry-After: then it answers an
+// *UnavailableError with what is left of it, and no token request goes out.
 func (s *Source) Renew(ctx context.Context) error {
 	s.mu.Lock()
+	if st := s.snap.Load(); s.flight == nil && time.Now().Before(st.waitUntil) {
+		s.mu.Unlock()
+		return &UnavailableError{RetryAfter: time.Until(st.waitUntil), Err: fmt.Errorf("the provider asked for no token request before %s (Retry-After): %w",
+			st.waitUntil.UTC().Format(time.RFC3339), st.err)}
+	}
 	f := s.startLocked(true)
 	s.mu.Unlock()
 	if f == nil {
