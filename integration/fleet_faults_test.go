@@ -128,7 +128,7 @@ func oneNCEConfig(tokenURL, password string) grants.Config {
 		TokenURL: tokenURL, Grant: grants.ClientCredentials,
 		Username: "client-1nce", Password: password,
 		ClientAuth: grants.AuthBasic, Body: grants.BodyJSON,
-		TokenType: "Bearer", DefaultTTL: 5 * time.Minute,
+		TokenType: "bearer", DefaultTTL: 5 * time.Minute,
 	}
 }
 
