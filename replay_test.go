@@ -3,11 +3,15 @@ package upstreamoauth
 import (
 	"bytes"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -160,5 +164,91 @@ func TestReplayRestoresHeaderAndBody(t *testing.T) {
 	}
 	if strings.Contains(w.Body.String(), "refused") {
 		t.Errorf("the refusal's body reached the client: %q", w.Body.String())
+	}
+}
+
+// caddyRequest is r as Caddy's server prepares it for its handlers: a
+// replacer, vars and route groups in its context. group, if not empty, is
+// a handle group that the route holding the handler already satisfied.
+func caddyRequest(r *http.Request, group string) *http.Request {
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), nil, nil)
+	if group != "" {
+		r.Context().Value(caddy.CtxKey("route_group")).(map[string]struct{})[group] = struct{}{}
+	}
+	return r
+}
+
+// TestReplayRestoresRequest: the replay starts from the request as it
+// reached the handler, whatever the first attempt's handlers changed in
+// place (URL, method, host, header values, content length, handle groups,
+// vars), and Caddy's placeholders see the replay's request. The request's
+// ID, made in the first attempt, stays the same: it names the client's
+// request.
+func TestReplayRestoresRequest(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	r := httptest.NewRequest(http.MethodPost, "http://gateway.example/api/sims?page=1", strings.NewReader("body"))
+	r.Header.Set("X-Sent", "a")
+	r.Header.Set("X-Dropped", "kept")
+	r = caddyRequest(r, "group0")
+	caddyhttp.SetVar(r.Context(), "before", "kept")
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+
+	type view struct {
+		path, rawQuery, method, host, requestURI string
+		length                                   int64
+		sent, dropped, added                     []string
+		groups                                   map[string]struct{}
+		before, during                           any
+		placeholders                             string
+	}
+	look := func(r *http.Request) view {
+		return view{
+			path: r.URL.Path, rawQuery: r.URL.RawQuery, method: r.Method, host: r.Host, requestURI: r.RequestURI,
+			length: r.ContentLength,
+			sent:   slices.Clone(r.Header["X-Sent"]), dropped: slices.Clone(r.Header["X-Dropped"]), added: slices.Clone(r.Header["X-Added"]),
+			groups: maps.Clone(r.Context().Value(caddy.CtxKey("route_group")).(map[string]struct{})),
+			before: caddyhttp.GetVar(r.Context(), "before"), during: caddyhttp.GetVar(r.Context(), "during"),
+			placeholders: repl.ReplaceAll("{http.request.method} {http.request.uri} {http.vars.during}", ""),
+		}
+	}
+	var seen []view
+	var ids []string
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		seen = append(seen, look(r))
+		ids = append(ids, repl.ReplaceAll("{http.request.uuid}", ""))
+		_, _ = io.ReadAll(r.Body)
+		if len(seen) > 1 {
+			return nil
+		}
+		// What rewrite, uri, request_header, method, request_body, handle
+		// and vars do to the request, in place.
+		r.URL.Path, r.URL.RawQuery, r.URL.RawPath = "/v1/sims", "", ""
+		r.RequestURI = r.URL.RequestURI()
+		r.Method, r.Host, r.ContentLength = http.MethodPut, "backend.internal", 99
+		r.Header["X-Sent"][0] = "aa"
+		r.Header.Add("X-Added", "added")
+		r.Header.Del("X-Dropped")
+		r.Context().Value(caddy.CtxKey("route_group")).(map[string]struct{})["group1"] = struct{}{}
+		caddyhttp.SetVar(r.Context(), "during", "set")
+		caddyhttp.SetVar(r.Context(), "before", "changed")
+		w.WriteHeader(http.StatusUnauthorized)
+		return nil
+	})
+	want := look(r)
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 2 {
+		t.Fatalf("%d attempts, want a replay", len(seen))
+	}
+	if !reflect.DeepEqual(seen[0], want) {
+		t.Fatalf("the first attempt saw %+v, want %+v", seen[0], want)
+	}
+	if !reflect.DeepEqual(seen[1], want) {
+		t.Errorf("the replay saw\n\t%+v\nwant the request as it reached the handler\n\t%+v", seen[1], want)
+	}
+	if ids[0] == "" || ids[1] != ids[0] {
+		t.Errorf("{http.request.uuid}: %q in the first attempt, %q in the replay; want the same ID, the client's request's", ids[0], ids[1])
 	}
 }
