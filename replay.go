@@ -54,12 +54,10 @@ func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next cad
 	if terr != nil {
 		// The 502 goes out with the header as it was before the upstream
 		// answered, plus token's Retry-After: none of the refused answer's
-		// (its Content-Length would cut the error's body short).
-		retryAfter := w.Header().Values("Retry-After")
+		// (its Content-Length would cut the error's body short, and its
+		// Retry-After is not the source's).
 		rw.restoreHeader()
-		if retryAfter != nil {
-			w.Header()["Retry-After"] = retryAfter
-		}
+		setRetryAfter(w.Header(), terr)
 		return terr
 	}
 	replay, ok := body.replay()

@@ -2,6 +2,7 @@ package upstreamoauth
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"maps"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -165,6 +167,78 @@ func TestReplayRestoresHeaderAndBody(t *testing.T) {
 	if strings.Contains(w.Body.String(), "refused") {
 		t.Errorf("the refusal's body reached the client: %q", w.Body.String())
 	}
+}
+
+// TestRefusalThen502KeepsNoUpstreamHeader: when no new token can be had
+// after a refusal, the handler's 502 carries none of the refused answer's
+// header, its Retry-After included: a Retry-After only while the source
+// backs off, and then the source's.
+func TestRefusalThen502KeepsNoUpstreamHeader(t *testing.T) {
+	refusal := func(w http.ResponseWriter) {
+		w.Header().Set("Retry-After", "3600")
+		w.Header().Set("Www-Authenticate", "Bearer")
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	check := func(t *testing.T, err error, w *httptest.ResponseRecorder, wantRetryAfter string) {
+		t.Helper()
+		if he, ok := errors.AsType[caddyhttp.HandlerError](err); !ok || he.StatusCode != http.StatusBadGateway {
+			t.Fatalf("got %v, want a 502 error: no token after the refusal", err)
+		}
+		if got := w.Header().Get("Retry-After"); got != wantRetryAfter || len(w.Header().Values("Retry-After")) > 1 {
+			t.Errorf("the 502 carries Retry-After %q, want %q: the contract: a Retry-After on the 502 only while the source backs off (the source's, none of the upstream's 3600)", w.Header().Values("Retry-After"), wantRetryAfter)
+		}
+		if got := w.Header().Get("Www-Authenticate"); got != "" {
+			t.Errorf("the 502 carries the upstream's Www-Authenticate %q", got)
+		}
+	}
+
+	t.Run("source stopped", func(t *testing.T) {
+		// As on a reload while the request was at the upstream: no
+		// backoff, no Retry-After.
+		h := &Handler{Name: t.Name()}
+		provisionTest(t, h)
+		w := httptest.NewRecorder()
+		next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+			if err := h.Cleanup(); err != nil { // stops the source
+				t.Fatal(err)
+			}
+			refusal(rw)
+			return nil
+		})
+		check(t, h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil), next), w, "")
+	})
+
+	t.Run("token request refused", func(t *testing.T) {
+		// The provider answers the renewal 503 with Retry-After: 7; the
+		// source backs off as long.
+		var n atomic.Int64
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if n.Add(1) > 1 {
+				w.Header().Set("Retry-After", "7")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"first","token_type":"bearer","expires_in":3600}`)
+		}))
+		t.Cleanup(srv.Close)
+		if err := benchConfigOnce(); err != nil {
+			t.Fatal(err)
+		}
+		h := &Handler{Name: t.Name(), TokenURL: srv.URL + "/token", ClientID: "module-test", ClientSecret: "module-test-secret"}
+		ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+		t.Cleanup(cancel)
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Cleanup() })
+		w := httptest.NewRecorder()
+		next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+			refusal(rw)
+			return nil
+		})
+		check(t, h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil), next), w, "7")
+	})
 }
 
 // caddyRequest is r as Caddy's server prepares it for its handlers: a
