@@ -60,12 +60,15 @@ func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next cad
 		setRetryAfter(w.Header(), terr)
 		return terr
 	}
-	replay, ok := body.replay()
-	if tok2 == tok || !ok {
+	if tok2 == tok {
 		// The token stays (its retirement must wait, or it was not ours
-		// to retire), or the body cannot be sent again: the upstream's
-		// answer passes on unchanged.
+		// to retire): no replay, so nothing touches the body, and the
+		// upstream's answer passes on unchanged.
 		return rw.writeHeld()
+	}
+	replay, ok := body.replay()
+	if !ok {
+		return rw.writeHeld() // the body cannot be sent again
 	}
 	rw.restoreHeader()
 	rw.req.restore(r)
@@ -434,18 +437,21 @@ var errBodyTaken = errors.New("upstream_oauth: request body taken back for a rep
 // reads it, up to 64 KiB, so that the request can be replayed, and at the
 // end of the body it removes the token header (and Authorization) from the
 // request's trailers, where a client could otherwise put its own. Nothing
-// is read ahead of the upstream: the body streams as the client sends it.
+// is read ahead of the upstream, nor by the handler itself: the body streams
+// as the client sends it, to the first attempt and to the replay.
 type bodyRecorder struct {
-	r      *http.Request
-	header string // the token's header, to delete from trailers
-	record bool   // keep what is read, for a replay
-	mu     sync.Mutex
-	src    io.ReadCloser
-	kept   []byte
-	over   bool // more than 64 KiB was read: no replay
-	eof    bool // src has been read to its end
-	taken  bool // the first attempt is over: the handler reads now
-	noBody bool // the request has no body: replay with none
+	r       *http.Request
+	header  string // the token's header, to delete from trailers
+	record  bool   // keep what is read, for a replay
+	length  int64  // the request's ContentLength: -1 unknown
+	connect bool   // a CONNECT: the body is a stream (a tunnel, a WebSocket over HTTP/2)
+	mu      sync.Mutex
+	src     io.ReadCloser
+	kept    []byte
+	over    bool // more than 64 KiB was read: no replay
+	eof     bool // src has been read to its end
+	taken   bool // the body went to the replay: the first attempt reads no more
+	noBody  bool // the request has no body: replay with none
 }
 
 // noBody is the bodyRecorder of every request without a body: it is
@@ -471,7 +477,7 @@ func watchBody(r *http.Request, header string, record bool) *bodyRecorder {
 	if !record && r.Trailer == nil {
 		return nil
 	}
-	b := &bodyRecorder{r: r, header: header, src: r.Body, record: record}
+	b := &bodyRecorder{r: r, header: header, src: r.Body, record: record, length: r.ContentLength, connect: r.Method == http.MethodConnect}
 	r.Body = b
 	return b
 }
@@ -521,12 +527,19 @@ func (b *bodyRecorder) readLocked(p []byte) (int, error) {
 // handler (a replay may still need it).
 func (b *bodyRecorder) Close() error { return nil }
 
-// replay returns a body for the replay: what was kept, once the body was
-// read to its end (reading the rest, up to 64 KiB in all, when the upstream
-// answered before reading it all, as after an Expect: 100-continue). ok is
-// false when the body cannot be sent again, or while the first attempt's
-// transport is still in a read of it (waiting on the client, who may be
-// waiting for the answer): then the refusal passes through.
+// replay returns the body of the replay: what the first attempt read (kept),
+// then the rest of the client's body, which the replay's upstream reads as
+// the client sends it. The handler itself reads nothing of the body: it
+// never waits for a client, who may be waiting for the answer, nor asks one
+// that expects 100-continue for its body on its own (the replay's upstream
+// asks, if it wants it). So the rest goes to the replay only when the body
+// is known to be small enough: its length is declared (and at most 64 KiB,
+// or nothing is recorded); a body of unknown length is replayed only once
+// read to its end, and a CONNECT's stream only when nothing of it was read
+// (then the stream goes to the replay as it is: nothing of it is needed
+// again). ok is false when the body cannot be sent again, or while the
+// first attempt's transport is still in a read of it: then the refusal
+// passes through.
 func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 	if b == nil {
 		return nil, false
@@ -538,33 +551,44 @@ func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 		return nil, false
 	}
 	defer b.mu.Unlock()
+	switch {
+	case !b.record || b.over:
+		return nil, false
+	case b.connect && len(b.kept) > 0:
+		return nil, false // part of the stream went to the refused attempt
+	case !b.eof && b.length < 0 && !b.connect:
+		return nil, false // the rest might make it too large to keep
+	}
 	b.taken = true // any reader of the first attempt gets an error now
-	if !b.record {
-		return nil, false
+	rb := &replayBody{kept: b.kept, r: b.r, header: b.header}
+	if !b.eof {
+		rb.rest = b.src
 	}
-	var chunk [4 << 10]byte
-	for !b.eof && !b.over {
-		if _, err := b.readLocked(chunk[:]); err != nil && err != io.EOF {
-			return nil, false
-		}
-	}
-	if b.over {
-		return nil, false
-	}
-	// The replay reads the kept bytes; at their end, the trailers are
-	// scrubbed again (reverse_proxy copies them from r.Trailer).
-	return &replayBody{Reader: bytes.NewReader(b.kept), r: b.r, header: b.header}, true
+	return rb, true
 }
 
-// replayBody is the body of a replayed request.
+// replayBody is the body of a replayed request: the kept bytes, then the
+// rest of the client's body (rest, nil when it was read to its end). At
+// the end, the trailers are scrubbed again (reverse_proxy copies them from
+// r.Trailer, which net/http fills at the end of the client's body).
 type replayBody struct {
-	*bytes.Reader
+	kept   []byte
+	rest   io.Reader
 	r      *http.Request
 	header string
 }
 
 func (rb *replayBody) Read(p []byte) (int, error) {
-	n, err := rb.Reader.Read(p)
+	if len(rb.kept) > 0 {
+		n := copy(p, rb.kept)
+		rb.kept = rb.kept[n:]
+		return n, nil
+	}
+	if rb.rest == nil {
+		scrubTrailer(rb.r, rb.header)
+		return 0, io.EOF
+	}
+	n, err := rb.rest.Read(p)
 	if err == io.EOF {
 		scrubTrailer(rb.r, rb.header)
 	}

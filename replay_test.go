@@ -169,6 +169,173 @@ func TestReplayRestoresHeaderAndBody(t *testing.T) {
 	}
 }
 
+// attemptBody is a client's request body that tells who reads it: reads
+// are the upstream's while inAttempt is set (next is running), the
+// handler's own otherwise. A read of the handler's own fails the test and
+// gets an error, so that a handler waiting for the body cannot hang it.
+type attemptBody struct {
+	t         *testing.T
+	data      []byte
+	inAttempt bool
+	endless   bool // a stream: after data, the client waits for the answer
+	own       int  // reads by the handler itself
+}
+
+func (b *attemptBody) Read(p []byte) (int, error) {
+	if !b.inAttempt {
+		b.own++
+		return 0, errors.New("attemptBody: read by the handler itself")
+	}
+	if len(b.data) == 0 {
+		if b.endless {
+			b.t.Fatal("the upstream read past what the client has sent: this test's upstream must not")
+		}
+		return 0, io.EOF
+	}
+	n := copy(p, b.data)
+	b.data = b.data[n:]
+	return n, nil
+}
+
+// attempts returns next handlers that answer, attempt by attempt, with
+// the given handlers (marking b's reads as the upstream's), and the count
+// of attempts made.
+func attempts(b *attemptBody, each ...func(http.ResponseWriter, *http.Request)) (caddyhttp.Handler, *int) {
+	n := new(int)
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		*n++
+		if *n > len(each) {
+			b.t.Fatalf("attempt %d: the handler replays at most once", *n)
+		}
+		b.inAttempt = true
+		defer func() { b.inAttempt = false }()
+		each[*n-1](w, r)
+		return nil
+	}), n
+}
+
+func refuseUnread(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }
+
+// TestReplayLeavesUnreadBodyToUpstream: the upstream refused before reading
+// the body (as after an Expect: 100-continue); the replay sends the body,
+// which its upstream reads as the client sends it: the handler reads none
+// of it itself, so that it never waits for the client, nor asks it for its
+// body on its own.
+func TestReplayLeavesUnreadBodyToUpstream(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	body := &attemptBody{t: t, data: []byte("the client's body")}
+	var replayed []byte
+	next, n := attempts(body, refuseUnread, func(w http.ResponseWriter, r *http.Request) {
+		replayed, _ = io.ReadAll(r.Body)
+	})
+	r := httptest.NewRequest(http.MethodPost, "/upload", body)
+	r.ContentLength = int64(len(body.data))
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	if body.own != 0 {
+		t.Errorf("the handler read the client's body itself (%d reads) before the replay; the contract: the body streams to the upstream as the client sends it", body.own)
+	}
+	if *n != 2 || string(replayed) != "the client's body" {
+		t.Errorf("%d attempts, the replay's upstream read %q; want a replay with the client's whole body", *n, replayed)
+	}
+}
+
+// TestRefusalNotReplayedReadsNoBody: a refusal whose retirement must wait (one came
+// just before) passes through, and the handler reads nothing of the body
+// the upstream did not read.
+func TestRefusalNotReplayedReadsNoBody(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	refuse := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusUnauthorized)
+		return nil
+	})
+	// This one retires the token: the next retirement has to wait.
+	if err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil), refuse); err != nil {
+		t.Fatal(err)
+	}
+	body := &attemptBody{t: t, data: []byte("the client's body")}
+	// Should the retirement not have to wait (a slow run), the request is
+	// replayed: then its upstream may read the body.
+	next, _ := attempts(body, refuseUnread, refuseUnread)
+	r := httptest.NewRequest(http.MethodPost, "/upload", body)
+	r.ContentLength = int64(len(body.data))
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("status %d, want the upstream's 401", w.Code)
+	}
+	if body.own != 0 {
+		t.Errorf("the handler read the client's body itself (%d reads), though the refusal passed through; nothing may wait for a body that nobody needs", body.own)
+	}
+}
+
+// TestRefusalOfStreamOfUnknownLength: a client streams a body of unknown
+// length and waits for the answer before sending the rest; the upstream
+// read the first part and refused. The body cannot be known to be small
+// enough to keep without reading the rest, which could take forever: the
+// refusal passes through, and the handler reads nothing.
+func TestRefusalOfStreamOfUnknownLength(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	body := &attemptBody{t: t, data: []byte("first message"), endless: true}
+	next, n := attempts(body, func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 64)
+		_, _ = r.Body.Read(buf)
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	r := httptest.NewRequest(http.MethodPost, "/stream", body)
+	r.ContentLength = -1
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if body.own != 0 {
+		t.Errorf("the handler read the rest of a body of unknown length itself (%d reads): a client that waits for the answer would wait forever; the contract: a body not kept is not replayed, the answer passes through", body.own)
+	}
+	if *n != 1 || w.Code != http.StatusUnauthorized {
+		t.Errorf("%d attempts, status %d; want the upstream's 401 passed through", *n, w.Code)
+	}
+}
+
+// TestReplayOfConnectLeavesStream: an extended CONNECT (a WebSocket over
+// HTTP/2, whose stream reverse_proxy keeps aside while it asks the upstream
+// to upgrade) refused before any of the stream was read is replayed with
+// the stream as it is; one whose upstream read some of it is not replayed.
+// Either way the handler reads nothing of the stream.
+func TestReplayOfConnectLeavesStream(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	connect := func(body *attemptBody) *http.Request {
+		r := httptest.NewRequest(http.MethodConnect, "/chat", body)
+		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/2.0", 2, 0
+		r.Header.Set(":protocol", "websocket")
+		r.ContentLength = -1
+		return r
+	}
+	body := &attemptBody{t: t, data: []byte("hello"), endless: true}
+	var got []byte
+	next, n := attempts(body, refuseUnread, func(w http.ResponseWriter, r *http.Request) {
+		got = make([]byte, len("hello"))
+		_, _ = io.ReadFull(r.Body, got)
+		w.WriteHeader(http.StatusOK)
+	})
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, connect(body), next); err != nil {
+		t.Fatal(err)
+	}
+	if body.own != 0 {
+		t.Errorf("the handler read the CONNECT stream itself (%d reads); it has no end to wait for", body.own)
+	}
+	if *n != 2 || w.Code != http.StatusOK || string(got) != "hello" {
+		t.Errorf("%d attempts, status %d, the replay read %q; want a replay that gets the stream as the client sends it", *n, w.Code, got)
+	}
+}
+
 // TestRefusalThen502KeepsNoUpstreamHeader: when no new token can be had
 // after a refusal, the handler's 502 carries none of the refused answer's
 // header, its Retry-After included: a Retry-After only while the source

@@ -1,12 +1,23 @@
 package integration
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"golang.org/x/net/http2"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
 )
@@ -15,7 +26,8 @@ import (
 // upstream_oauth: what the handlers after it changed in the first attempt
 // (rewrite, uri, handle_path, request_header, vars, the handle block
 // chosen) is done again for the replay, not on top of the first attempt's
-// result.
+// result. And a refusal never makes the gateway wait for, or ask for, a
+// request body that the upstream did not read.
 
 // oneioSite is the site's upstream_oauth block for the ONEiO emulator at
 // token URL %[1]s; the test's own directives follow it.
@@ -184,5 +196,183 @@ func TestReplayVarsAsBefore(t *testing.T) {
 		if got := s.header.Values("X-Attempted"); !slices.Equal(got, []string{""}) {
 			t.Errorf("request %d reached the upstream with X-Attempted %q, want one empty value: {http.vars.attempted} is unset until the vars handler runs, in the replay too", i+1, got)
 		}
+	}
+}
+
+// startRawGateway loads config, a whole Caddyfile whose first three verbs
+// are the admin port, the DEBUG log file and the site's address, followed
+// by args.
+func startRawGateway(t *testing.T, config string, args ...any) *gateway {
+	t.Helper()
+	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g.loadRaw(fmt.Sprintf(config, append([]any{adminPort, g.log, g.addr}, args...)...))
+	return g
+}
+
+// refuseInvalid answers 401 to a token p does not hold valid, without
+// reading the request body; a valid one goes to next.
+func refuseInvalid(p *emulator.Provider, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, tok, _ := strings.Cut(r.Header.Get("Authorization"), " "); !p.Valid(tok) {
+			w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// TestReplayExpectContinueUnreadBody: with a transport that waits for the
+// upstream's 100 Continue (expect_continue_timeout), an upstream refusing
+// the token answers before it asks for the body. The replay sends the body
+// as the client sends it, once the replay's upstream asks for it: the
+// gateway does not ask the client for it on its own.
+func TestReplayExpectContinueUnreadBody(t *testing.T) {
+	p := startProvider(t, emulator.ONEiO)
+	up := startHandler(t, refuseInvalid(p, startBackend(t, p)))
+	g := startRawGateway(t, `{
+	admin localhost:%[1]d
+	auto_https off
+	log {
+		output file %[2]s
+		level DEBUG
+	}
+}
+http://%[3]s {
+	upstream_oauth oneio {
+		token_url %[4]s
+		client_id client-oneio
+		client_secret secret-oneio-Zq8
+	}
+	reverse_proxy %[5]s {
+		transport http {
+			expect_continue_timeout 30s
+		}
+	}
+}
+`, p.TokenURL(), up)
+	// The client waits for 100 Continue longer than for the whole answer:
+	// it sends its body only when asked for it.
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{ExpectContinueTimeout: time.Minute}}
+	defer client.CloseIdleConnections()
+	payload := bytes.Repeat([]byte("e"), 10<<10)
+	send := func() (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, g.url("/upload"), bytes.NewReader(payload))
+		req.Header.Set("Expect", "100-continue")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("Expect: 100-continue: %v", err)
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, resp.Header.Get(emulator.BodyLengthHeader)
+	}
+	if status, n := send(); status != http.StatusOK || n != strconv.Itoa(len(payload)) {
+		t.Fatalf("warm-up: %d, body %s bytes", status, n)
+	}
+	p.RevokeAll()
+	if status, n := send(); status != http.StatusOK || n != strconv.Itoa(len(payload)) {
+		t.Errorf("after the token was revoked: %d, body %s bytes; want the replay's 200 with all %d", status, n, len(payload))
+	}
+}
+
+// TestReplayWebSocketOverH2C: a WebSocket over HTTP/2 (extended CONNECT),
+// whose upgrade the upstream refuses: reverse_proxy keeps the client's
+// stream aside and asks the upstream with an HTTP/1.1 upgrade, so nothing
+// of the stream was read. The replay takes the stream as it is: the
+// gateway does not wait for the stream's end (the client sends only once
+// its WebSocket is open). It runs the xcaddy binary: Go's HTTP/2 server
+// offers extended CONNECT only with GODEBUG=http2xconnect=1 at start.
+func TestReplayWebSocketOverH2C(t *testing.T) {
+	p := startProvider(t, emulator.ONEiO)
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("upstream: %v", err)
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		io.Copy(conn, brw) // an echo, not WebSocket frames: the gateway only tunnels
+	})
+	upstream := startHandler(t, refuseInvalid(p, echo))
+	t.Setenv("GODEBUG", "http2xconnect=1") // for the Caddy process
+	in := launch(t, func(in *instance) string {
+		return fmt.Sprintf(`{
+	admin %[1]s
+	auto_https off
+	servers {
+		protocols h1 h2c
+	}
+	log {
+		output file %[2]s
+		level DEBUG
+	}
+}
+http://%[3]s {
+	upstream_oauth oneio {
+		token_url %[4]s
+		client_id client-oneio
+		client_secret secret-oneio-Zq8
+	}
+	reverse_proxy %[5]s
+}
+`, in.admin, in.log, in.addr, p.TokenURL(), upstream)
+	})
+	// net/http's client refuses the :protocol pseudo-header; x/net's
+	// HTTP/2 transport sends it (h2c: plain TCP, HTTP/2 from the start).
+	tr := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	open := func() (*http.Response, *io.PipeWriter, error) {
+		pr, pw := io.Pipe()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodConnect, "http://"+in.addr+"/chat", pr)
+		req.Header.Set(":protocol", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			pw.Close()
+		}
+		return resp, pw, err
+	}
+	exchange := func(resp *http.Response, pw *io.PipeWriter) string {
+		defer pw.Close()
+		defer resp.Body.Close()
+		if _, err := pw.Write([]byte("hello")); err != nil {
+			return err.Error()
+		}
+		got := make([]byte, len("hello"))
+		if _, err := io.ReadFull(resp.Body, got); err != nil {
+			return err.Error()
+		}
+		return string(got)
+	}
+	resp, pw, err := open()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("WebSocket with a valid token: %v %v", resp, err)
+	}
+	if got := exchange(resp, pw); got != "hello" {
+		t.Fatalf("WebSocket with a valid token echoed %q, want hello", got)
+	}
+	p.RevokeAll()
+	resp, pw, err = open()
+	if err != nil {
+		t.Fatalf("WebSocket after the token was revoked: %v; want it opened by the replay (the gateway must not wait for the stream, which the client sends only once it is open)", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		pw.Close()
+		resp.Body.Close()
+		t.Fatalf("WebSocket after the token was revoked: %d, want 200 from the replay: nothing of the stream was read, it can go to the replay as it is", resp.StatusCode)
+	}
+	if got := exchange(resp, pw); got != "hello" {
+		t.Errorf("the replayed WebSocket echoed %q, want hello", got)
 	}
 }
