@@ -185,6 +185,33 @@ func BenchmarkRequestPathParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkRequestPathCaddy is BenchmarkRequestPath with the request as
+// Caddy's server prepares it (replacer, vars, route groups in its context)
+// and the handler inside a handle block (one route group satisfied): what
+// the handler keeps of the request for a replay shows here.
+func BenchmarkRequestPathCaddy(b *testing.B) {
+	for _, c := range benchHandlers(b) {
+		b.Run(c.name, func(b *testing.B) {
+			r, w := benchCaddyRequest(), newBenchWriter()
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := c.h.ServeHTTP(w, r, benchNext); err != nil {
+					b.Fatal(err)
+				}
+			}
+			checkBenchHeader(b, r)
+		})
+	}
+}
+
+// benchCaddyRequest is benchRequest prepared as Caddy's server prepares
+// it, inside a handle block.
+func benchCaddyRequest() *http.Request {
+	r := caddyhttp.PrepareRequest(benchRequest(), caddy.NewReplacer(), nil, nil)
+	r.Context().Value(caddy.CtxKey("route_group")).(map[string]struct{})["group0"] = struct{}{}
+	return r
+}
+
 func checkBenchHeader(b *testing.B, r *http.Request) {
 	if v := r.Header.Values("Authorization"); len(v) != 1 || !strings.HasPrefix(v[0], "Bearer ") || len(v[0]) != len("Bearer ")+benchTokenLen {
 		b.Errorf("request ends with Authorization %d values, want one bearer token", len(v))

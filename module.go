@@ -175,8 +175,8 @@ type Handler struct {
 	prefix  string
 	renewOn []int
 	logger  *zap.Logger
-	value   *headerValue  // the header value of the current token
-	layout  *headerLayout // the response header's keys before next (replay.go)
+	value   *headerValue // the header value of the current token
+	layout  *layouts     // the keys of the headers and vars before next (replay.go)
 }
 
 // TLS configures the client side of TLS connections to the token endpoint.
@@ -270,7 +270,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.header, h.prefix, h.renewOn = s.header, s.prefix, s.renewOn
-	h.layout = new(headerLayout)
+	h.layout = new(layouts)
 	if dyn := h.dynamicFields(global); dyn != nil {
 		return h.provisionTenants(ctx, global, dyn)
 	}

@@ -7,10 +7,12 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/grants"
@@ -19,16 +21,23 @@ import (
 // serveWatching forwards r with tok and watches the upstream's answer: one
 // with a renew_on status retires tok (if it is still current, and no
 // retirement happened just before: cache.Source.Retire spaces them), and
-// the request is replayed once with the new token when its body was kept.
-// The request body streams to the upstream as the client sends it (a
+// the request is replayed once with the new token when its body can be sent
+// again. The request body streams to the upstream as the client sends it (a
 // bodyRecorder keeps what the upstream read, up to 64 KiB); a refusal is
 // held back only while its body is at most 64 KiB, and streams through
 // beyond.
+//
+// The replay is the request as it reached this handler: what the handlers
+// after it changed in place in the first attempt (requestSnapshot) is
+// undone first, so that they do it again rather than twice.
 func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, src *requestSource, tok *grants.Token, value string) error {
 	body := watchBody(r, h.header, true)
 	rw := newRefusalWriter(w, h.renewOn, h.layout, body.mayReplay())
 	defer rw.release()
 	h.setToken(r, value)
+	if rw.hold {
+		rw.req.take(r, h.layout)
+	}
 	err := next.ServeHTTP(rw, r)
 	if rw.status == 0 || !slices.Contains(h.renewOn, rw.status) {
 		return err // passed through, or nothing written: not a refusal
@@ -45,38 +54,154 @@ func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next cad
 	if terr != nil {
 		// The 502 goes out with the header as it was before the upstream
 		// answered, plus token's Retry-After: none of the refused answer's
-		// (its Content-Length would cut the error's body short).
-		retryAfter := w.Header().Values("Retry-After")
+		// (its Content-Length would cut the error's body short, and its
+		// Retry-After is not the source's).
 		rw.restoreHeader()
-		if retryAfter != nil {
-			w.Header()["Retry-After"] = retryAfter
-		}
+		setRetryAfter(w.Header(), terr)
 		return terr
 	}
-	replay, ok := body.replay()
-	if tok2 == tok || !ok {
+	if tok2 == tok {
 		// The token stays (its retirement must wait, or it was not ours
-		// to retire), or the body cannot be sent again: the upstream's
-		// answer passes on unchanged.
+		// to retire): no replay, so nothing touches the body, and the
+		// upstream's answer passes on unchanged.
 		return rw.writeHeld()
 	}
+	replay, ok := body.replay()
+	if !ok {
+		return rw.writeHeld() // the body cannot be sent again
+	}
 	rw.restoreHeader()
-	r = withOwnVars(r)
+	rw.req.restore(r)
 	h.setToken(r, value2)
 	r.Body = replay
 	return next.ServeHTTP(w, r)
 }
 
-// withOwnVars gives a replayed request a copy of its Caddy vars: a goroutine
-// the first attempt left behind (reverse_proxy's dialer) may still read the
-// original map while the replay writes to its own.
-func withOwnVars(r *http.Request) *http.Request {
-	vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	if !ok {
-		return r
-	}
-	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, maps.Clone(vars)))
+// routeGroupsKey is where Caddy keeps, in a request's context, the route
+// groups (handle blocks) that a route of theirs already matched, as a
+// map[string]struct{} (caddyhttp's routeGroupCtxKey, unexported).
+const routeGroupsKey = caddy.CtxKey("route_group")
+
+// requestSnapshot is what the handlers after this one may change on a
+// request in place (Caddy v2.11: rewrite, uri and handle_path change the
+// URL, method and RequestURI; request_header the header, its values too,
+// and Host; request_body the length; handle marks its route group as
+// used; vars, map outputs and reverse_proxy set vars), as it was before the
+// first attempt, to restore before the replay. It is taken on every request
+// that may be replayed, so it allocates nothing (but when a handler first
+// sees other keys: see headerSnapshot.take): its slices are reused with the
+// writer that holds it, and only restore allocates. Like the response
+// header's copy, it keeps what it copied until the writer's next request
+// (or until the pool drops the writer).
+type requestSnapshot struct {
+	url                      url.URL
+	method, host, requestURI string
+	length                   int64
+	header                   headerSnapshot
+	groups                   []string // the route groups already used (a layout's keys: read only)
+	varKeys                  []string // the vars' keys (a layout's: read only)
+	varValues                []any
 }
+
+// take copies what r's handlers may change.
+func (s *requestSnapshot) take(r *http.Request, layout *layouts) {
+	if r.URL != nil {
+		s.url = *r.URL
+	}
+	s.method, s.host, s.requestURI, s.length = r.Method, r.Host, r.RequestURI, r.ContentLength
+	s.header.take(r.Header, &layout.request)
+	ctx := r.Context()
+	s.groups = nil
+	if groups, ok := ctx.Value(routeGroupsKey).(map[string]struct{}); ok && len(groups) > 0 {
+		s.groups = keysOf(groups, &layout.groups)
+	}
+	s.varKeys, s.varValues = nil, s.varValues[:0]
+	if vars, ok := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		s.takeVars(vars, &layout.vars)
+	}
+}
+
+// takeVars copies vars, looking their values up by the keys of the last
+// vars seen when vars has just those (see headerSnapshot.take).
+func (s *requestSnapshot) takeVars(vars map[string]any, layout *keyLayout) {
+	if keys := layout.keys.Load(); keys != nil && len(*keys) == len(vars) {
+		for _, k := range *keys {
+			v, ok := vars[k]
+			if !ok {
+				break
+			}
+			s.varValues = append(s.varValues, v)
+		}
+		if len(s.varValues) == len(vars) {
+			s.varKeys = *keys
+			return
+		}
+		s.varValues = s.varValues[:0]
+	}
+	keys := make([]string, 0, len(vars))
+	for k, v := range vars {
+		keys = append(keys, k)
+		s.varValues = append(s.varValues, v)
+	}
+	layout.keys.Store(&keys)
+	s.varKeys = keys
+}
+
+// keysOf returns m's keys: layout's, when m has just those (each looked
+// up: see headerSnapshot.take), else m's own, which layout remembers.
+func keysOf(m map[string]struct{}, layout *keyLayout) []string {
+	if keys := layout.keys.Load(); keys != nil && len(*keys) == len(m) {
+		all := true
+		for _, k := range *keys {
+			if _, ok := m[k]; !ok {
+				all = false
+				break
+			}
+		}
+		if all {
+			return *keys
+		}
+	}
+	keys := slices.Collect(maps.Keys(m))
+	layout.keys.Store(&keys)
+	return keys
+}
+
+// restore makes r what it was at take, in place: Caddy's replacer (its
+// placeholders) and its server (the access log) hold the pointer r. The URL,
+// header and route groups are restored into the objects r has; the vars go
+// into a map of their own, in r's context, because a goroutine of the first
+// attempt (reverse_proxy's dialer) may still read the first map. The
+// request's ID ({http.request.uuid}), should the first attempt have made
+// one, stays: it names the client's request, replayed or not.
+func (s *requestSnapshot) restore(r *http.Request) {
+	if r.URL != nil {
+		*r.URL = s.url
+	}
+	r.Method, r.Host, r.RequestURI, r.ContentLength = s.method, s.host, s.requestURI, s.length
+	s.header.restore(r.Header)
+	ctx := r.Context()
+	if groups, ok := ctx.Value(routeGroupsKey).(map[string]struct{}); ok {
+		clear(groups)
+		for _, g := range s.groups {
+			groups[g] = struct{}{}
+		}
+	}
+	if first, ok := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		vars := make(map[string]any, len(s.varKeys)+1)
+		for i, k := range s.varKeys {
+			vars[k] = s.varValues[i]
+		}
+		if _, had := vars[requestIDVar]; !had && first[requestIDVar] != nil {
+			vars[requestIDVar] = first[requestIDVar]
+		}
+		*r = *r.WithContext(context.WithValue(ctx, caddyhttp.VarsCtxKey, vars))
+	}
+}
+
+// requestIDVar is the var in which Caddy keeps the request's ID, made at
+// the first use of {http.request.uuid}.
+const requestIDVar = "uuid"
 
 // refusalWriter passes the upstream's answer through, except one with a
 // renew_on status while hold is set: that one it holds back (status and
@@ -87,14 +212,15 @@ func withOwnVars(r *http.Request) *http.Request {
 //
 // It keeps a copy of the response header as it was before anything
 // downstream touched it (taken at the first Header call), to restore
-// before a replay. Writers are pooled: net/http forbids using a
-// ResponseWriter once ServeHTTP has returned, and reverse_proxy waits for
-// its streams before it returns; a writer that was unwrapped (a hijacked
-// connection, deadlines) or switched protocols is not reused all the same.
+// before a replay; serveWatching keeps the request's state in req, for the
+// same. Writers are pooled: net/http forbids using a ResponseWriter once
+// ServeHTTP has returned, and reverse_proxy waits for its streams before it
+// returns; a writer that was unwrapped (a hijacked connection, deadlines)
+// or switched protocols is not reused all the same.
 type refusalWriter struct {
 	http.ResponseWriter
 	renewOn []int
-	layout  *headerLayout
+	layout  *layouts
 	hold    bool // a refusal may be held: the request could be replayed
 	held    bool // the answer is held back in buf
 	snapped bool // snap holds the header before the upstream answered
@@ -103,11 +229,12 @@ type refusalWriter struct {
 
 	buf  *bytes.Buffer // the held body
 	snap headerSnapshot
+	req  requestSnapshot
 }
 
 var refusalPool = sync.Pool{New: func() any { return new(refusalWriter) }}
 
-func newRefusalWriter(w http.ResponseWriter, renewOn []int, layout *headerLayout, hold bool) *refusalWriter {
+func newRefusalWriter(w http.ResponseWriter, renewOn []int, layout *layouts, hold bool) *refusalWriter {
 	rw := refusalPool.Get().(*refusalWriter)
 	rw.ResponseWriter, rw.renewOn, rw.layout, rw.hold = w, renewOn, layout, hold
 	return rw
@@ -118,7 +245,7 @@ func (rw *refusalWriter) Header() http.Header {
 	h := rw.ResponseWriter.Header()
 	if !rw.snapped && rw.hold {
 		rw.snapped = true
-		rw.snap.take(h, rw.layout)
+		rw.snap.take(h, &rw.layout.response)
 	}
 	return h
 }
@@ -204,66 +331,87 @@ func (rw *refusalWriter) release() {
 	if rw.keep {
 		return
 	}
-	snap := rw.snap
-	*rw = refusalWriter{snap: snap}
+	// Field by field: the snapshots' slices stay, for the next request.
+	rw.ResponseWriter, rw.renewOn, rw.layout, rw.buf = nil, nil, nil, nil
+	rw.hold, rw.held, rw.snapped, rw.status = false, false, false, 0
 	refusalPool.Put(rw)
 }
 
 var heldPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// headerSnapshot is a copy of a response header, to restore it later. It
-// is Header.Clone without the allocations: its slices are reused (with the
-// writer that holds it), and only restore (on a replay) allocates.
+// headerSnapshot is a copy of a header, to restore it later. It is
+// Header.Clone without the allocations: its slices are reused (with the
+// writer that holds it), and only restore (on a replay) allocates. Values
+// are copied one by one: request_header's replace edits them in place.
 type headerSnapshot struct {
-	keys []string
-	lens []int // values of each key; -1 for a nil slice (kept, as Clone does)
+	keys []string // a layout's keys: read only
+	lens []int    // values of each key; -1 for a nil slice (kept, as Clone does)
 	vals []string
 }
 
 // take copies h. A header at this point of a handler chain has the same
-// keys on every request (what the server and the handlers before this one
-// set), so layout remembers the last keys seen: when h has just those, it
-// is copied by looking each up, which is several times cheaper than ranging
-// over the map (whose every range starts at a random place).
-func (s *headerSnapshot) take(h http.Header, layout *headerLayout) {
+// keys on most requests (what the server and the handlers before this one
+// set; for a request's, what its clients send), so layout remembers the
+// last keys seen: when h has just those, it is copied by looking each up,
+// which is cheaper than ranging over the map (whose every range starts at a
+// random place). Other keys are ranged over, and remembered (an
+// allocation, for the next request with them).
+func (s *headerSnapshot) take(h http.Header, layout *keyLayout) {
 	if keys := layout.keys.Load(); keys != nil && len(*keys) == len(h) && s.takeKeys(h, *keys) {
+		s.keys = *keys
 		return
 	}
-	s.keys, s.lens, s.vals = s.keys[:0], s.lens[:0], s.vals[:0]
+	s.lens, s.vals = s.lens[:0], s.vals[:0]
+	keys := make([]string, 0, len(h))
 	for k, v := range h {
-		s.add(k, v)
+		keys = append(keys, k)
+		s.add(v)
 	}
-	keys := slices.Clone(s.keys)
 	layout.keys.Store(&keys)
+	s.keys = keys
 }
 
 // takeKeys copies h, whose keys are keys (if it has them all).
 func (s *headerSnapshot) takeKeys(h http.Header, keys []string) bool {
-	s.keys, s.lens, s.vals = s.keys[:0], s.lens[:0], s.vals[:0]
+	s.lens, s.vals = s.lens[:0], s.vals[:0]
 	for _, k := range keys {
 		v, ok := h[k]
 		if !ok {
 			return false
 		}
-		s.add(k, v)
+		s.add(v)
 	}
 	return true
 }
 
-func (s *headerSnapshot) add(k string, v []string) {
-	s.keys = append(s.keys, k)
-	if v == nil {
-		s.lens = append(s.lens, -1)
-		return
+// add copies the values of the next key.
+func (s *headerSnapshot) add(v []string) {
+	switch len(v) {
+	case 0:
+		if v == nil {
+			s.lens = append(s.lens, -1)
+			return
+		}
+		s.lens = append(s.lens, 0)
+	case 1:
+		s.lens = append(s.lens, 1)
+		s.vals = append(s.vals, v[0])
+	default:
+		s.lens = append(s.lens, len(v))
+		s.vals = append(s.vals, v...)
 	}
-	s.lens = append(s.lens, len(v))
-	s.vals = append(s.vals, v...)
 }
 
-// headerLayout is the keys of the response header a handler last saw
-// before calling next (see headerSnapshot.take).
-type headerLayout struct {
+// keyLayout is the keys of a map (a header, the vars) that a handler last
+// saw before calling next (see headerSnapshot.take).
+type keyLayout struct {
 	keys atomic.Pointer[[]string]
+}
+
+// layouts are a handler's keyLayouts: of the response header, and of the
+// request's header, vars and route groups.
+type layouts struct {
+	response, request, vars, groups keyLayout
 }
 
 // restore makes h what it was at take, with slices of its own.
@@ -289,18 +437,21 @@ var errBodyTaken = errors.New("upstream_oauth: request body taken back for a rep
 // reads it, up to 64 KiB, so that the request can be replayed, and at the
 // end of the body it removes the token header (and Authorization) from the
 // request's trailers, where a client could otherwise put its own. Nothing
-// is read ahead of the upstream: the body streams as the client sends it.
+// is read ahead of the upstream, nor by the handler itself: the body streams
+// as the client sends it, to the first attempt and to the replay.
 type bodyRecorder struct {
-	r      *http.Request
-	header string // the token's header, to delete from trailers
-	record bool   // keep what is read, for a replay
-	mu     sync.Mutex
-	src    io.ReadCloser
-	kept   []byte
-	over   bool // more than 64 KiB was read: no replay
-	eof    bool // src has been read to its end
-	taken  bool // the first attempt is over: the handler reads now
-	noBody bool // the request has no body: replay with none
+	r       *http.Request
+	header  string // the token's header, to delete from trailers
+	record  bool   // keep what is read, for a replay
+	length  int64  // the request's ContentLength: -1 unknown
+	connect bool   // a CONNECT: the body is a stream (a tunnel, a WebSocket over HTTP/2)
+	mu      sync.Mutex
+	src     io.ReadCloser
+	kept    []byte
+	over    bool // more than 64 KiB was read: no replay
+	eof     bool // src has been read to its end
+	taken   bool // the body went to the replay: the first attempt reads no more
+	noBody  bool // the request has no body: replay with none
 }
 
 // noBody is the bodyRecorder of every request without a body: it is
@@ -326,7 +477,7 @@ func watchBody(r *http.Request, header string, record bool) *bodyRecorder {
 	if !record && r.Trailer == nil {
 		return nil
 	}
-	b := &bodyRecorder{r: r, header: header, src: r.Body, record: record}
+	b := &bodyRecorder{r: r, header: header, src: r.Body, record: record, length: r.ContentLength, connect: r.Method == http.MethodConnect}
 	r.Body = b
 	return b
 }
@@ -376,12 +527,19 @@ func (b *bodyRecorder) readLocked(p []byte) (int, error) {
 // handler (a replay may still need it).
 func (b *bodyRecorder) Close() error { return nil }
 
-// replay returns a body for the replay: what was kept, once the body was
-// read to its end (reading the rest, up to 64 KiB in all, when the upstream
-// answered before reading it all, as after an Expect: 100-continue). ok is
-// false when the body cannot be sent again, or while the first attempt's
-// transport is still in a read of it (waiting on the client, who may be
-// waiting for the answer): then the refusal passes through.
+// replay returns the body of the replay: what the first attempt read (kept),
+// then the rest of the client's body, which the replay's upstream reads as
+// the client sends it. The handler itself reads nothing of the body: it
+// never waits for a client, who may be waiting for the answer, nor asks one
+// that expects 100-continue for its body on its own (the replay's upstream
+// asks, if it wants it). So the rest goes to the replay only when the body
+// is known to be small enough: its length is declared (and at most 64 KiB,
+// or nothing is recorded); a body of unknown length is replayed only once
+// read to its end, and a CONNECT's stream only when nothing of it was read
+// (then the stream goes to the replay as it is: nothing of it is needed
+// again). ok is false when the body cannot be sent again, or while the
+// first attempt's transport is still in a read of it: then the refusal
+// passes through.
 func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 	if b == nil {
 		return nil, false
@@ -393,33 +551,44 @@ func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 		return nil, false
 	}
 	defer b.mu.Unlock()
+	switch {
+	case !b.record || b.over:
+		return nil, false
+	case b.connect && len(b.kept) > 0:
+		return nil, false // part of the stream went to the refused attempt
+	case !b.eof && b.length < 0 && !b.connect:
+		return nil, false // the rest might make it too large to keep
+	}
 	b.taken = true // any reader of the first attempt gets an error now
-	if !b.record {
-		return nil, false
+	rb := &replayBody{kept: b.kept, r: b.r, header: b.header}
+	if !b.eof {
+		rb.rest = b.src
 	}
-	var chunk [4 << 10]byte
-	for !b.eof && !b.over {
-		if _, err := b.readLocked(chunk[:]); err != nil && err != io.EOF {
-			return nil, false
-		}
-	}
-	if b.over {
-		return nil, false
-	}
-	// The replay reads the kept bytes; at their end, the trailers are
-	// scrubbed again (reverse_proxy copies them from r.Trailer).
-	return &replayBody{Reader: bytes.NewReader(b.kept), r: b.r, header: b.header}, true
+	return rb, true
 }
 
-// replayBody is the body of a replayed request.
+// replayBody is the body of a replayed request: the kept bytes, then the
+// rest of the client's body (rest, nil when it was read to its end). At
+// the end, the trailers are scrubbed again (reverse_proxy copies them from
+// r.Trailer, which net/http fills at the end of the client's body).
 type replayBody struct {
-	*bytes.Reader
+	kept   []byte
+	rest   io.Reader
 	r      *http.Request
 	header string
 }
 
 func (rb *replayBody) Read(p []byte) (int, error) {
-	n, err := rb.Reader.Read(p)
+	if len(rb.kept) > 0 {
+		n := copy(p, rb.kept)
+		rb.kept = rb.kept[n:]
+		return n, nil
+	}
+	if rb.rest == nil {
+		scrubTrailer(rb.r, rb.header)
+		return 0, io.EOF
+	}
+	n, err := rb.rest.Read(p)
 	if err == io.EOF {
 		scrubTrailer(rb.r, rb.header)
 	}

@@ -94,15 +94,21 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request, src *requestSour
 // noToken is the 502 error of a request that src has no token for, with
 // a Retry-After while src backs off.
 func (h *Handler) noToken(w http.ResponseWriter, src *requestSource, err error) error {
-	if ue, ok := errors.AsType[*cache.UnavailableError](err); ok && ue.RetryAfter > 0 {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ue.RetryAfter.Seconds()))))
-	}
+	setRetryAfter(w.Header(), err)
 	name := src.p.info.Name
 	if c := h.logger.Check(zap.DebugLevel, "no token for request"); c != nil {
 		c.Write(zap.String("source", name), zap.Error(err))
 	}
 	metricNoToken(src.p.metric)
 	return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream_oauth %s: %w", name, err))
+}
+
+// setRetryAfter sets the Retry-After of err, an error of token, when it
+// has one (its source backs off).
+func setRetryAfter(h http.Header, err error) {
+	if ue, ok := errors.AsType[*cache.UnavailableError](err); ok && ue.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(ue.RetryAfter.Seconds()))))
+	}
 }
 
 // setToken puts the token's header value on r, replacing what the client sent; the client's own
