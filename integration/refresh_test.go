@@ -36,7 +36,7 @@ func startRefreshFront(t *testing.T, p *emulator.Provider) (*refreshFront, strin
 			switch status := int(f.fail.Load()); status {
 			case 0:
 			case http.StatusTooManyRequests:
-				w.Header().Set("Retry-After", "60")
+				w.Header().Set("Retry-After", "3")
 				fallthrough
 			default:
 				w.Header().Set("Content-Type", "application/json")
@@ -57,7 +57,8 @@ func (f *refreshFront) counts() [2]int64 { return [2]int64{f.password.Load(), f.
 // renews with it; what follows a failed refresh_token grant depends on why
 // it failed. A 429 with Retry-After: no token request of either grant
 // before the Retry-After (the contract's "no token request goes out before
-// it"), the valid token still served. A 503: no password grant at once,
+// it"; an admin renew is answered 429 meanwhile), the valid token still
+// served, and the attempt after it redeems the refresh token kept. A 503: no password grant at once,
 // and the next attempt redeems the same refresh token (the emulator would
 // record a second use of one as a violation). Telenor's 401 code 7 (the
 // refresh token refused): the password grant at once, as the contract's
@@ -122,8 +123,27 @@ func TestTelenorRefreshFailures(t *testing.T) {
 			if st.State != "backoff" || st.RetryAt == nil {
 				t.Fatalf("source %+v, want backoff with a retry_at", st)
 			}
-			if c.fail == http.StatusTooManyRequests && time.Until(*st.RetryAt) < 50*time.Second {
-				t.Errorf("next attempt at %v, before the provider's Retry-After of 60 s", st.RetryAt)
+			if c.fail == http.StatusTooManyRequests {
+				if time.Until(*st.RetryAt) < 2*time.Second {
+					t.Errorf("next attempt at %v, before the provider's Retry-After of 3 s", st.RetryAt)
+				}
+				front.fail.Store(0)
+				if code := renew(); code != http.StatusTooManyRequests {
+					t.Errorf("admin renew during the provider's Retry-After: %d, want 429: no token request goes out before it", code)
+				}
+				if got := front.counts(); got != [2]int64{1, 1} {
+					t.Fatalf("token requests (password, refresh_token) %v after an admin renew during the Retry-After, want [1 1]", got)
+				}
+				// The source's own attempt once the Retry-After is over
+				// redeems the refresh token kept (bounded wait: 3 s, and
+				// the backoff's jitter).
+				for deadline := time.Now().Add(15 * time.Second); front.counts()[1] < 2 && time.Now().Before(deadline); {
+					time.Sleep(50 * time.Millisecond)
+				}
+				if got := front.counts(); got != [2]int64{1, 2} || p.RefreshGrants() != 1 {
+					t.Errorf("token requests (password, refresh_token) %v, refresh grants %d after the Retry-After; want [1 2] and 1: the next attempt redeems the refresh token kept", got, p.RefreshGrants())
+				}
+				return
 			}
 
 			// The next attempt (forced here) redeems the refresh token kept.
