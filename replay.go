@@ -47,8 +47,16 @@ func (h *Handler) serveWatching(w http.ResponseWriter, r *http.Request, next cad
 	if src.cs.Retire(tok) {
 		metricUpstreamRenewal(src.p.metric, rw.status)
 	}
-	if !rw.held || err != nil {
+	if !rw.held {
 		return err // streamed through already (over 64 KiB, or not replayable)
+	}
+	if err != nil {
+		// The refusal was held, then its attempt failed (its body broke
+		// off): Caddy's error answer goes out with the header as it was
+		// before the upstream answered, none of the refusal's (its
+		// Content-Length would cut the error's body short).
+		rw.restoreHeader()
+		return err
 	}
 	tok2, value2, terr := h.token(w, r, src)
 	if terr != nil {
@@ -451,6 +459,7 @@ type bodyRecorder struct {
 	over    bool // more than 64 KiB was read: no replay
 	eof     bool // src has been read to its end
 	taken   bool // the body went to the replay: the first attempt reads no more
+	closed  bool // the first attempt closed it: it reads no more
 	noBody  bool // the request has no body: replay with none
 }
 
@@ -502,6 +511,9 @@ func (b *bodyRecorder) Read(p []byte) (int, error) {
 	if b.taken {
 		return 0, errBodyTaken
 	}
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
 	return b.readLocked(p)
 }
 
@@ -524,8 +536,22 @@ func (b *bodyRecorder) readLocked(p []byte) (int, error) {
 }
 
 // Close does not close the client's body: the server does, after the
-// handler (a replay may still need it).
-func (b *bodyRecorder) Close() error { return nil }
+// handler (a replay may still need it). But the first attempt reads no more
+// of it, as of a closed body: reverse_proxy closes a body it has read from
+// so that a retry of its own does not send what is left of it as if it
+// were the whole. And a transport closes the body after its last read,
+// which tells replay that the transport is done with it (reverse_proxy
+// reads the request's trailers on the transport's goroutine at the end of
+// the body, so a replay must not change the request before that).
+func (b *bodyRecorder) Close() error {
+	if b.noBody {
+		return nil
+	}
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
 
 // replay returns the body of the replay: what the first attempt read (kept),
 // then the rest of the client's body, which the replay's upstream reads as
@@ -538,8 +564,8 @@ func (b *bodyRecorder) Close() error { return nil }
 // read to its end, and a CONNECT's stream only when nothing of it was read
 // (then the stream goes to the replay as it is: nothing of it is needed
 // again). ok is false when the body cannot be sent again, or while the
-// first attempt's transport is still in a read of it: then the refusal
-// passes through.
+// first attempt's transport may still be at it (in a read, or read to the
+// end and not closed yet): then the refusal passes through.
 func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 	if b == nil {
 		return nil, false
@@ -554,6 +580,8 @@ func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 	switch {
 	case !b.record || b.over:
 		return nil, false
+	case b.eof && !b.closed:
+		return nil, false // the transport may still be handling the body's end
 	case b.connect && len(b.kept) > 0:
 		return nil, false // part of the stream went to the refused attempt
 	case !b.eof && b.length < 0 && !b.connect:

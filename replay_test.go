@@ -140,6 +140,7 @@ func TestReplayRestoresHeaderAndBody(t *testing.T) {
 	next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
 		attempts++
 		b, _ := io.ReadAll(r.Body)
+		r.Body.Close() // as a transport does once it has sent the body
 		bodies = append(bodies, string(b))
 		if attempts == 1 {
 			rw.Header().Set("Www-Authenticate", "Bearer")
@@ -459,6 +460,7 @@ func TestReplayRestoresRequest(t *testing.T) {
 		seen = append(seen, look(r))
 		ids = append(ids, repl.ReplaceAll("{http.request.uuid}", ""))
 		_, _ = io.ReadAll(r.Body)
+		r.Body.Close() // as a transport does once it has sent the body
 		if len(seen) > 1 {
 			return nil
 		}
@@ -491,5 +493,74 @@ func TestReplayRestoresRequest(t *testing.T) {
 	}
 	if ids[0] == "" || ids[1] != ids[0] {
 		t.Errorf("{http.request.uuid}: %q in the first attempt, %q in the replay; want the same ID, the client's request's", ids[0], ids[1])
+	}
+}
+
+// TestRefusalBrokenOffKeepsNoUpstreamHeader: the upstream's refusal was
+// held back, then its body broke off (reverse_proxy returns an error): the
+// error answer Caddy writes carries none of the refusal's header, whose
+// Content-Length would cut that answer short.
+func TestRefusalBrokenOffKeepsNoUpstreamHeader(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	w := httptest.NewRecorder()
+	w.Header().Set("X-Before", "kept")
+	next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+		rw.Header().Set("Www-Authenticate", "Bearer")
+		rw.Header().Set("Content-Length", "1000")
+		rw.WriteHeader(http.StatusUnauthorized)
+		_, _ = rw.Write([]byte("the first part of a refusal"))
+		return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF) // as reverse_proxy, the body broken off
+	})
+	err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil), next)
+	if he, ok := errors.AsType[caddyhttp.HandlerError](err); !ok || he.StatusCode != http.StatusBadGateway {
+		t.Fatalf("got %v, want reverse_proxy's 502 error passed on", err)
+	}
+	if got := w.Header().Get("Content-Length"); got != "" {
+		t.Errorf("the header left for Caddy's error answer carries the refusal's Content-Length %q: it would cut the error's body short", got)
+	}
+	if got := w.Header().Get("Www-Authenticate"); got != "" {
+		t.Errorf("the header left for Caddy's error answer carries the refusal's Www-Authenticate %q", got)
+	}
+	if got := w.Header().Get("X-Before"); got != "kept" {
+		t.Errorf("X-Before %q: the header as it was before the upstream answered must stay", got)
+	}
+}
+
+// TestBodyClosedByFirstAttemptReadsNoMore: reverse_proxy closes a body it
+// has read from, so that a retry of its own (lb_retries) fails rather than
+// send what is left of the body as if it were the whole; the body the
+// handler gives it must keep to that, though a replay still gets all of it.
+func TestBodyClosedByFirstAttemptReadsNoMore(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	var afterClose error
+	var replayed []byte
+	attempt := 0
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		attempt++
+		if attempt == 2 {
+			replayed, _ = io.ReadAll(r.Body)
+			r.Body.Close()
+			w.WriteHeader(http.StatusOK)
+			return nil
+		}
+		part := make([]byte, 5)
+		_, _ = io.ReadFull(r.Body, part)
+		r.Body.Close() // the transport gave up on this upstream
+		_, afterClose = r.Body.Read(make([]byte, 64))
+		w.WriteHeader(http.StatusUnauthorized)
+		return nil
+	})
+	r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader("0123456789abcdef"))
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if afterClose == nil || afterClose == io.EOF {
+		t.Errorf("a read of the first attempt after it closed the body got %v; want an error, as from a closed body: a retry must not send the rest of the body as the whole", afterClose)
+	}
+	if attempt != 2 || string(replayed) != "0123456789abcdef" || w.Code != http.StatusOK {
+		t.Errorf("%d attempts, the replay read %q, status %d; want a replay with the client's whole body", attempt, replayed, w.Code)
 	}
 }

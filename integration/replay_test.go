@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -374,5 +375,57 @@ http://%[3]s {
 	}
 	if got := exchange(resp, pw); got != "hello" {
 		t.Errorf("the replayed WebSocket echoed %q, want hello", got)
+	}
+}
+
+// TestReplayAfterTransportReadsBodyLate: the upstream refuses the token
+// before the first attempt's transport has sent the body (the client sends
+// it 150 ms after its header), and the transport reads it to its end while
+// the gateway waits for the new token. reverse_proxy reads the request's
+// trailers on the transport's goroutine at the end of the body: the replay
+// must not change the request before the transport is done with the body
+// (under -race, a data race otherwise). The replay then sends the whole body.
+func TestReplayAfterTransportReadsBodyLate(t *testing.T) {
+	p := startProvider(t, emulator.ONEiO)
+	backend := startBackend(t, p)
+	up := startHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The refusal goes out at once, body unread: with full duplex,
+		// net/http does not read the request body first.
+		http.NewResponseController(w).EnableFullDuplex()
+		if _, tok, _ := strings.Cut(r.Header.Get("Authorization"), " "); !p.Valid(tok) {
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, "invalid token") // with a body: the transport hands it over before the request is written
+			return
+		}
+		backend.ServeHTTP(w, r)
+	}))
+	g := startGateway(t, fmt.Sprintf(oneioSite+`
+	reverse_proxy %[2]s
+`, p.TokenURL(), up))
+	if status, body, _ := g.get("/warm-up"); status != http.StatusOK {
+		t.Fatalf("warm-up: %d %q", status, body)
+	}
+	p.RevokeAll()
+	p.SetSlowDelay(500 * time.Millisecond) // the new token comes after the body is sent
+	p.SetMode(emulator.Slow)
+	conn, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	body := "0123456789abcdef"
+	fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", g.addr, len(body))
+	time.Sleep(150 * time.Millisecond)
+	if _, err := io.WriteString(conn, body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if n := resp.Header.Get(emulator.BodyLengthHeader); resp.StatusCode != http.StatusOK || n != strconv.Itoa(len(body)) {
+		t.Errorf("after the token was revoked: %d, body %q bytes at the backend; want the replay's 200 with all %d", resp.StatusCode, n, len(body))
 	}
 }
