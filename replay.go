@@ -598,15 +598,21 @@ func (b *bodyRecorder) replay() (io.ReadCloser, bool) {
 // replayBody is the body of a replayed request: the kept bytes, then the
 // rest of the client's body (rest, nil when it was read to its end). At
 // the end, the trailers are scrubbed again (reverse_proxy copies them from
-// r.Trailer, which net/http fills at the end of the client's body).
+// r.Trailer, which net/http fills at the end of the client's body). Once
+// closed it reads no more, as bodyRecorder (a transport may close it from
+// another goroutine).
 type replayBody struct {
 	kept   []byte
 	rest   io.Reader
 	r      *http.Request
 	header string
+	closed atomic.Bool
 }
 
 func (rb *replayBody) Read(p []byte) (int, error) {
+	if rb.closed.Load() {
+		return 0, http.ErrBodyReadAfterClose
+	}
 	if len(rb.kept) > 0 {
 		n := copy(p, rb.kept)
 		rb.kept = rb.kept[n:]
@@ -623,7 +629,12 @@ func (rb *replayBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (rb *replayBody) Close() error { return nil }
+// Close does not close the client's body (the server does), but the
+// replay reads no more of it.
+func (rb *replayBody) Close() error {
+	rb.closed.Store(true)
+	return nil
+}
 
 // scrubTrailer deletes the token's header, and Authorization, from r's
 // trailers: the gateway's header is the only credential the upstream sees.

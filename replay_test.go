@@ -564,3 +564,40 @@ func TestBodyClosedByFirstAttemptReadsNoMore(t *testing.T) {
 		t.Errorf("%d attempts, the replay read %q, status %d; want a replay with the client's whole body", attempt, replayed, w.Code)
 	}
 }
+
+// TestReplayBodyClosedReadsNoMore: the replay's body keeps to the same rule
+// as the first attempt's: once the replay's reverse_proxy closed it, a
+// retry of its own reads nothing more of it, rather than send what is left
+// as if it were the whole.
+func TestReplayBodyClosedReadsNoMore(t *testing.T) {
+	h := &Handler{Name: t.Name()}
+	provisionTest(t, h)
+	var part []byte
+	var afterClose error
+	attempt := 0
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		attempt++
+		if attempt == 1 {
+			_, _ = io.ReadAll(r.Body)
+			r.Body.Close()
+			w.WriteHeader(http.StatusUnauthorized)
+			return nil
+		}
+		part = make([]byte, 5)
+		_, _ = io.ReadFull(r.Body, part)
+		r.Body.Close() // the replay's transport gave up on this upstream
+		_, afterClose = r.Body.Read(make([]byte, 64))
+		w.WriteHeader(http.StatusBadGateway)
+		return nil
+	})
+	r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader("0123456789abcdef"))
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	if attempt != 2 || string(part) != "01234" {
+		t.Fatalf("%d attempts, the replay read %q first; want a replay starting with the client's body", attempt, part)
+	}
+	if afterClose == nil || afterClose == io.EOF {
+		t.Errorf("a read of the replay after it closed the body got %v; want an error, as from a closed body: a retry must not send the rest of the body as the whole", afterClose)
+	}
+}
