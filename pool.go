@@ -144,10 +144,17 @@ func newSource(s settings, hc *http.Client, metric string) (*pooledSource, error
 // the background: the logouts of all sources a reload or a stop removes run
 // side by side, each within its timeout.
 func (p *pooledSource) Destruct() error {
-	p.Stop(!p.info.Share)
-	pendingLogouts.Go(p.WaitLogouts)
+	p.stop()
 	forgetSourceMetrics(p.metric)
 	return nil
+}
+
+// stop stops p as a reload stops a source that leaves the config: its
+// token is logged out unless it is shared, in the background (see
+// pendingLogouts).
+func (p *pooledSource) stop() {
+	p.Stop(!p.info.Share)
+	pendingLogouts.Go(p.WaitLogouts)
 }
 
 // pendingLogouts tracks the logouts of stopped sources. A reload does not

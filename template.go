@@ -172,11 +172,6 @@ func (t template) valueFor(repl *caddy.Replacer) string {
 	if t.parts == nil {
 		return t.value
 	}
-	if len(t.parts) == 1 {
-		if v, ok := repl.Get(t.parts[0].key); ok || requestNamespace(t.parts[0].key) {
-			return caddy.ToString(v)
-		}
-	}
 	return string(t.appendValue(nil, repl))
 }
 

@@ -96,7 +96,7 @@ func (tn *tenant) leave() {
 // stop stops tn's source, once.
 func (tn *tenant) stop() {
 	if tn.stopped.CompareAndSwap(false, true) {
-		stopTenantSource(tn.src)
+		tn.src.stop()
 	}
 }
 
@@ -188,13 +188,13 @@ func (t *tenantTable) add(key string, repl *caddy.Replacer) (*tenant, error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
-		stopTenantSource(src)
+		src.stop()
 		return nil, errTableClosed
 	}
 	if cur, ok := t.entries[key]; ok { // made meanwhile
 		cur.users.Add(1)
 		t.mu.Unlock()
-		stopTenantSource(src)
+		src.stop()
 		return cur, nil
 	}
 	tn.users.Add(1)
@@ -281,13 +281,6 @@ func (t *tenantTable) Destruct() error {
 	}
 	forgetTenantStats(t.name)
 	return nil
-}
-
-// stopTenantSource stops a tenant's source as a reload stops a source that
-// leaves the config: its token is logged out unless it is shared.
-func stopTenantSource(p *pooledSource) {
-	p.Stop(!p.info.Share)
-	pendingLogouts.Go(p.WaitLogouts)
 }
 
 // The ids of the fields that may carry request placeholders (settings'

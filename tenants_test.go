@@ -65,7 +65,19 @@ func tenantRequest(vars map[string]any) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
 }
 
-// provisionTenants provisions a handler with per-request credentials
+// headerTenantRequest is a request whose headers X-Client and X-Secret
+// carry a tenant's credentials, with the {http.*} placeholders of its
+// replacer set up as Caddy's server sets them.
+func headerTenantRequest(id, secret string) *http.Request {
+	r := tenantRequest(nil)
+	r.Header.Set("X-Client", id)
+	r.Header.Set("X-Secret", secret)
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	caddyhttp.PrepareRequest(r, repl, httptest.NewRecorder(), nil)
+	return r
+}
+
+// provisionTenantHandler provisions a handler with per-request credentials
 // against e.
 func provisionTenantHandler(t testing.TB, h *Handler, e *tenantEndpoint) {
 	t.Helper()
@@ -122,11 +134,7 @@ func TestTenantKeyHasEverySecret(t *testing.T) {
 	h := &Handler{Name: t.Name(), ClientID: "{http.request.header.X-Client}", ClientSecret: "{http.request.header.X-Secret}"}
 	provisionTenantHandler(t, h, e)
 	serve := func(id, secret string) string {
-		r := tenantRequest(nil)
-		r.Header.Set("X-Client", id)
-		r.Header.Set("X-Secret", secret)
-		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		caddyhttp.PrepareRequest(r, repl, httptest.NewRecorder(), nil)
+		r := headerTenantRequest(id, secret)
 		var got string
 		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 			got = r.Header.Get("Authorization")
@@ -330,12 +338,7 @@ func TestTenantCredentialBounds(t *testing.T) {
 	h := &Handler{Name: t.Name(), ClientID: "{http.request.header.X-Client}", ClientSecret: "{http.request.header.X-Secret}"}
 	provisionTenantHandler(t, h, e)
 	serve := func(id, secret string) error {
-		r := tenantRequest(nil)
-		r.Header.Set("X-Client", id)
-		r.Header.Set("X-Secret", secret)
-		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		caddyhttp.PrepareRequest(r, repl, httptest.NewRecorder(), nil)
-		return h.ServeHTTP(httptest.NewRecorder(), r, okNext)
+		return h.ServeHTTP(httptest.NewRecorder(), headerTenantRequest(id, secret), okNext)
 	}
 	if err := serve("c-ok", strings.Repeat("s", 2048)); err != nil {
 		t.Fatalf("a 2 KiB secret: %v, want it served", err)
