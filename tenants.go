@@ -401,13 +401,28 @@ func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dy
 		maxSources = defaultMaxSources
 	}
 	// The header and its scheme too: the table keeps each tenant's header
-	// value, which two handlers that differ in them could not share.
+	// value, which two handlers that differ in them could not share. And
+	// each dynamic field as compiled, its global placeholders expanded: s
+	// has the templates as written, and a reload that changes only the
+	// {env.*} or {file.*} value in one must not keep the table (whose maker
+	// has the old value).
+	compiled := make(map[string][]string, len(dyn))
+	for id, t := range dyn {
+		for _, p := range t.parts {
+			if p.key != "" {
+				compiled[id] = append(compiled[id], "placeholder:"+p.key)
+			} else {
+				compiled[id] = append(compiled[id], "literal:"+p.lit)
+			}
+		}
+	}
 	keyed := struct {
-		Settings   settings `json:"settings"`
-		MaxSources int      `json:"max_sources"`
-		Header     string   `json:"header"`
-		Prefix     string   `json:"prefix"`
-	}{s, maxSources, s.header, s.prefix}
+		Settings   settings            `json:"settings"`
+		MaxSources int                 `json:"max_sources"`
+		Header     string              `json:"header"`
+		Prefix     string              `json:"prefix"`
+		Dynamic    map[string][]string `json:"dynamic"`
+	}{s, maxSources, s.header, s.prefix, compiled}
 	b, _ := json.Marshal(keyed) //nolint:gosec // G117: hashed, never stored or shown
 	sum := sha256.Sum256(append([]byte("tenants\x00"), b...))
 	key := hex.EncodeToString(sum[:])
@@ -423,8 +438,12 @@ func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dy
 			keyOf = append(keyOf, dyn[id])
 		}
 	}
-	files, staticName := s.Files, h.Name
-	_, nameDynamic := dyn[fieldName]
+	// A static name (its global placeholders expanded) names each tenant's
+	// source with the tenant's client id.
+	files, staticName := s.Files, ""
+	if _, nameDynamic := dyn[fieldName]; h.Name != "" && !nameDynamic {
+		staticName = s.Name
+	}
 	maker := func(repl *caddy.Replacer) (*pooledSource, error) {
 		vals := make(map[string]string, len(dyn))
 		for id, t := range dyn {
@@ -435,7 +454,7 @@ func (h *Handler) provisionTenants(ctx caddy.Context, global *caddy.Replacer, dy
 			return nil, fmt.Errorf("%w: %v", errIncomplete, err)
 		}
 		ts.Files = files
-		if staticName != "" && !nameDynamic {
+		if staticName != "" {
 			ts.Name = staticName + ":" + ts.Grants.ClientIdentity()
 		}
 		return newSource(ts, hc, name)

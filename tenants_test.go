@@ -560,3 +560,57 @@ func renewalSpread(times []time.Time) (spread time.Duration, maxPerSecond int) {
 	}
 	return spread, maxPerSecond
 }
+
+// TestTenantTableFollowsGlobalValues: a dynamic field's global placeholders
+// are expanded at provision; a reload after the {env.*} value changed gets a
+// table of its own, whose tenants' token requests carry the new value.
+func TestTenantTableFollowsGlobalValues(t *testing.T) {
+	t.Setenv("UPSTREAM_OAUTH_TEST_SUFFIX", "one")
+	e := newTenantEndpoint(t, 0)
+	before := &Handler{Name: t.Name(), ClientID: "{tenant_id}", ClientSecret: "{tenant_secret}-{env.UPSTREAM_OAUTH_TEST_SUFFIX}"}
+	provisionTenantHandler(t, before, e)
+	if err := before.ServeHTTP(httptest.NewRecorder(), tenantRequest(map[string]any{"tenant_id": "acme", "tenant_secret": "s"}), okNext); err != nil {
+		t.Fatal(err)
+	}
+	// The reload: the new config's handler is provisioned while the old
+	// one still runs.
+	t.Setenv("UPSTREAM_OAUTH_TEST_SUFFIX", "two")
+	after := &Handler{Name: t.Name(), ClientID: "{tenant_id}", ClientSecret: "{tenant_secret}-{env.UPSTREAM_OAUTH_TEST_SUFFIX}"}
+	provisionTenantHandler(t, after, e)
+	if after.tenants == before.tenants {
+		t.Error("the handler after the reload has the table of the one before, though the {env.*} value in its client_secret changed")
+	}
+	if err := after.ServeHTTP(httptest.NewRecorder(), tenantRequest(map[string]any{"tenant_id": "acme", "tenant_secret": "s"}), okNext); err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var secrets []string
+	for _, f := range e.forms {
+		secrets = append(secrets, f.Get("client_secret"))
+	}
+	if want := []string{"s-one", "s-two"}; !slices.Equal(secrets, want) {
+		t.Errorf("client_secret of the token requests %q, want %q: after the reload, the secret as the environment now gives it", secrets, want)
+	}
+}
+
+// TestTenantNameExpandsGlobals: a static name with a global placeholder
+// names each tenant's source as expanded, with the tenant's client id.
+func TestTenantNameExpandsGlobals(t *testing.T) {
+	t.Setenv("UPSTREAM_OAUTH_TEST_NAME", "expanded")
+	e := newTenantEndpoint(t, 0)
+	h := &Handler{Name: "{env.UPSTREAM_OAUTH_TEST_NAME}", ClientID: "{tenant_id}", ClientSecret: "{tenant_secret}"}
+	provisionTenantHandler(t, h, e)
+	if err := h.ServeHTTP(httptest.NewRecorder(), tenantRequest(map[string]any{"tenant_id": "acme", "tenant_secret": "s"}), okNext); err != nil {
+		t.Fatal(err)
+	}
+	h.tenants.mu.RLock()
+	var names []string
+	for _, tn := range h.tenants.entries {
+		names = append(names, tn.src.info.Name)
+	}
+	h.tenants.mu.RUnlock()
+	if want := []string{"expanded:acme"}; !slices.Equal(names, want) {
+		t.Errorf("tenant sources named %q, want %q: the admin API, events and logs name a tenant's source by the name as expanded", names, want)
+	}
+}
