@@ -414,8 +414,7 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 	p.tokenRequests.Add(1)
 	n := p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
-	for m := p.maxInFlight.Load(); n > m && !p.maxInFlight.CompareAndSwap(m, n); m = p.maxInFlight.Load() {
-	}
+	raiseMax(&p.maxInFlight, n)
 	fl := p.flavor()
 	c := &check{}
 	req := fl.check(p, c, w, r)

@@ -142,8 +142,7 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.requests.Add(1)
 	n := p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
-	for m := p.mostInFlight.Load(); n > m && !p.mostInFlight.CompareAndSwap(m, n); m = p.mostInFlight.Load() {
-	}
+	raiseMax(&p.mostInFlight, n)
 	if r.Method != http.MethodPost || r.URL.Path != TenantTokenPath {
 		p.violation("%s %s, want POST %s", clip(r.Method), clip(r.URL.Path), TenantTokenPath)
 		http.Error(w, "not found", http.StatusNotFound)
