@@ -59,12 +59,7 @@ func ParseAlg(s string) (Alg, error) {
 	if strings.EqualFold(s, "none") {
 		return "", fmt.Errorf("alg none is refused: an unsigned assertion proves nothing (want %s)", oneOf(Algs))
 	}
-	for _, a := range Algs {
-		if s == string(a) {
-			return a, nil
-		}
-	}
-	return "", fmt.Errorf("unknown alg %q (want %s)", s, oneOf(Algs))
+	return parseName("alg", s, Algs)
 }
 
 // hmac reports whether a signs with a shared secret.

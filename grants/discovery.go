@@ -101,8 +101,12 @@ func (d *discovery) endpoint(ctx context.Context) (string, error) {
 }
 
 // forget drops tokenURL, if it is still the one kept, so that the next
-// token request reads the metadata again.
+// token request reads the metadata again. A nil d (a configured token_url)
+// has nothing to forget.
 func (d *discovery) forget(tokenURL string) {
+	if d == nil {
+		return
+	}
 	d.mu.Lock()
 	if d.tokenURL == tokenURL {
 		d.tokenURL = ""

@@ -112,14 +112,7 @@ func (m AuthMethod) signs() bool {
 }
 
 // ParseGrant reads a grant's name.
-func ParseGrant(s string) (GrantType, error) {
-	for _, g := range Grants {
-		if s == string(g) {
-			return g, nil
-		}
-	}
-	return "", fmt.Errorf("unknown grant %q (want %s)", s, oneOf(Grants))
-}
+func ParseGrant(s string) (GrantType, error) { return parseName("grant", s, Grants) }
 
 // ParseAuthMethod reads a client authentication method's name, short or
 // as RFC 7591 names it (client_secret_basic, client_secret_post).
@@ -127,22 +120,21 @@ func ParseAuthMethod(s string) (AuthMethod, error) {
 	if m, ok := authAliases[s]; ok {
 		return m, nil
 	}
-	for _, m := range AuthMethods {
-		if s == string(m) {
-			return m, nil
-		}
-	}
-	return "", fmt.Errorf("unknown client_auth %q (want %s)", s, oneOf(AuthMethods))
+	return parseName("client_auth", s, AuthMethods)
 }
 
 // ParseBodyEncoding reads a body encoding's name.
-func ParseBodyEncoding(s string) (BodyEncoding, error) {
-	for _, b := range BodyEncodings {
-		if s == string(b) {
-			return b, nil
+func ParseBodyEncoding(s string) (BodyEncoding, error) { return parseName("body", s, BodyEncodings) }
+
+// parseName returns the one of values named s; what names the setting in
+// the error.
+func parseName[T ~string](what, s string, values []T) (T, error) {
+	for _, v := range values {
+		if s == string(v) {
+			return v, nil
 		}
 	}
-	return "", fmt.Errorf("unknown body %q (want %s)", s, oneOf(BodyEncodings))
+	return "", fmt.Errorf("unknown %s %q (want %s)", what, s, oneOf(values))
 }
 
 // oneOf lists values as "a, b or c".

@@ -343,20 +343,16 @@ func (c *Client) do(ctx context.Context, tokenURL string, fields [][2]string, re
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		if c.disc != nil {
-			c.disc.forget(tokenURL)
-		}
+		c.disc.forget(tokenURL)
 		return nil, &TransportError{Err: scrubURLError(err), Sent: sent.Load()}
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound && c.disc != nil {
+	if resp.StatusCode == http.StatusNotFound {
 		c.disc.forget(tokenURL)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
 	if err != nil {
-		if c.disc != nil {
-			c.disc.forget(tokenURL)
-		}
+		c.disc.forget(tokenURL)
 		return nil, &TransportError{Err: fmt.Errorf("reading response: %w", scrubURLError(err)), Sent: true}
 	}
 	if len(body) > MaxBody {

@@ -80,10 +80,7 @@ func (e *ProviderError) Error() string {
 // (400/401/403), which retrying soon will not mend. A 200 whose body is an
 // RFC 6749 error counts as the status that error is sent with.
 func (e *ProviderError) Credentials() bool {
-	status := e.Status
-	if status == http.StatusOK {
-		status = rfc6749Status(e.Code)
-	}
+	status := e.status()
 	return status == 400 || status == 401 || status == 403
 }
 
@@ -97,11 +94,17 @@ func (e *ProviderError) Transient() bool {
 	if e.RetryAfter > 0 {
 		return true
 	}
-	status := e.Status
-	if status == http.StatusOK {
-		status = rfc6749Status(e.Code)
-	}
+	status := e.status()
 	return status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500
+}
+
+// status is the answer's status, or for a 200 whose body is an RFC 6749
+// error the status that error is sent with.
+func (e *ProviderError) status() int {
+	if e.Status == http.StatusOK {
+		return rfc6749Status(e.Code)
+	}
+	return e.Status
 }
 
 // rfc6749Status is the status RFC 6749 (section 5.2) sends error code with,

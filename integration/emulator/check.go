@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // response writes one answer.
@@ -258,6 +259,13 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// raiseMax stores n in most if it is larger than what most holds: the
+// highest number of requests in flight at once so far.
+func raiseMax(most *atomic.Int64, n int64) {
+	for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

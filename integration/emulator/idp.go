@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1" //nolint:gosec // x5t is the SHA-1 thumbprint (RFC 7515)
 	"crypto/sha256"
@@ -59,12 +58,10 @@ type IdP struct {
 	srv           *httptest.Server
 	mode          Mode
 	tokenPath     string
-	oldPaths      []string // token paths before SetTokenPath: 404, not a violation
-	endpoint      string   // advertised token_endpoint, when not our own
-	issuer        string   // advertised issuer, when not our own
-	tokens        map[string]*tokenState
-	accessOrder   []string
-	refreshOrder  []string
+	oldPaths      []string             // token paths before SetTokenPath: 404, not a violation
+	endpoint      string               // advertised token_endpoint, when not our own
+	issuer        string               // advertised issuer, when not our own
+	tokenStore                         // the tokens issued
 	assertions    []string             // every client_assertion received, for leak checks
 	jtis          map[string]time.Time // jti -> exp, for replay detection
 	decoded       []DecodedRequest
@@ -162,10 +159,10 @@ func NewIdP(cfg IdPConfig) *IdP {
 		cfg.Lifetime = time.Minute
 	}
 	return &IdP{
-		cfg:       cfg,
-		tokenPath: cfg.IssuerPath + "/protocol/openid-connect/token",
-		tokens:    map[string]*tokenState{},
-		jtis:      map[string]time.Time{},
+		cfg:        cfg,
+		tokenPath:  cfg.IssuerPath + "/protocol/openid-connect/token",
+		tokenStore: tokenStore{tokens: map[string]*tokenState{}},
+		jtis:       map[string]time.Time{},
 	}
 }
 
@@ -304,8 +301,7 @@ func (p *IdP) Violations() []string {
 func (p *IdP) Valid(token string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st, ok := p.tokens[token]
-	return ok && !st.refresh && !st.revoked && time.Now().Before(st.expires)
+	return p.validLocked(token)
 }
 
 // Tokens returns every access token issued, for leak checks.
@@ -787,31 +783,25 @@ func (p *IdP) grant(c *check, refresh string) response {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if refresh != "" {
-		st, ok := p.tokens[refresh]
-		switch {
-		case !ok || !st.refresh:
+		switch p.redeemLocked(refresh) {
+		case redeemUnknown:
 			c.violation(invalid, "refresh_token was not issued by this IdP")
-		case st.used:
+		case redeemUsed:
 			c.violation(invalid, "refresh_token was already used (refresh tokens rotate)")
-		case st.revoked || !time.Now().Before(st.expires):
+		case redeemRevoked, redeemExpired:
 			c.reject(invalid)
+		case redeemOK:
 		}
 		if c.resp != nil {
 			return c.resp
 		}
-		st.used = true
 		p.refreshGrants.Add(1)
 	}
-	now := time.Now()
-	access := p.newTokenLocked()
-	p.tokens[access] = &tokenState{expires: now.Add(p.cfg.TTL)}
-	p.accessOrder = append(p.accessOrder, access)
-	var newRefresh string
+	var refreshTTL time.Duration
 	if p.cfg.IssueRefreshTokens {
-		newRefresh = p.newTokenLocked()
-		p.tokens[newRefresh] = &tokenState{refresh: true, expires: now.Add(DefaultRefreshTTL)}
-		p.refreshOrder = append(p.refreshOrder, newRefresh)
+		refreshTTL = DefaultRefreshTTL
 	}
+	access, newRefresh := p.issueLocked(p.cfg.TTL, refreshTTL)
 	p.issued.Add(1)
 	ttl := max(int64(p.cfg.TTL/time.Second), 1)
 	return func(w http.ResponseWriter) {
@@ -821,17 +811,6 @@ func (p *IdP) grant(c *check, refresh string) response {
 			ExpiresIn    int64  `json:"expires_in"`
 			RefreshToken string `json:"refresh_token,omitempty"`
 		}{access, "Bearer", ttl, newRefresh})
-	}
-}
-
-func (p *IdP) newTokenLocked() string {
-	for {
-		var b [32]byte
-		_, _ = rand.Read(b[:])
-		t := base64.RawURLEncoding.EncodeToString(b[:])
-		if _, dup := p.tokens[t]; !dup {
-			return t
-		}
 	}
 }
 

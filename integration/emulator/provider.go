@@ -167,10 +167,17 @@ type Provider struct {
 	ttl          time.Duration
 	issueRefresh bool
 	srv          *httptest.Server
+	tokenStore   // the tokens issued
+	violations   []string
+}
+
+// tokenStore holds the tokens an emulated server issued, oldest first in
+// accessOrder and refreshOrder. Its owner's mutex guards it: the methods
+// are called with it held.
+type tokenStore struct {
 	tokens       map[string]*tokenState
 	accessOrder  []string
 	refreshOrder []string
-	violations   []string
 }
 
 type tokenState struct {
@@ -198,7 +205,7 @@ func New(cfg Config) *Provider {
 		slowDelay:    DefaultSlowDelay,
 		ttl:          cfg.TTL,
 		issueRefresh: cfg.IssueRefreshTokens,
-		tokens:       map[string]*tokenState{},
+		tokenStore:   tokenStore{tokens: map[string]*tokenState{}},
 	}
 }
 
@@ -324,8 +331,7 @@ func (p *Provider) Violations() []string {
 func (p *Provider) Valid(token string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st, ok := p.tokens[token]
-	return ok && !st.refresh && !st.revoked && time.Now().Before(st.expires)
+	return p.validLocked(token)
 }
 
 // Revoke invalidates token, an access or a refresh token issued by p.
@@ -408,8 +414,7 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 	p.tokenRequests.Add(1)
 	n := p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
-	for m := p.maxInFlight.Load(); n > m && !p.maxInFlight.CompareAndSwap(m, n); m = p.maxInFlight.Load() {
-	}
+	raiseMax(&p.maxInFlight, n)
 	fl := p.flavor()
 	c := &check{}
 	req := fl.check(p, c, w, r)
@@ -527,27 +532,45 @@ func (p *Provider) finish(w http.ResponseWriter, r *http.Request, c *check, resp
 func (p *Provider) issue() (access, refresh string, ttl time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := time.Now()
 	ttl = p.ttl
-	access = p.newTokenLocked()
-	p.tokens[access] = &tokenState{expires: now.Add(ttl)}
-	p.accessOrder = append(p.accessOrder, access)
+	var refreshTTL time.Duration
 	if p.cfg.Kind == Telenor && p.issueRefresh {
-		refresh = p.newTokenLocked()
-		p.tokens[refresh] = &tokenState{refresh: true, expires: now.Add(p.cfg.RefreshTTL)}
-		p.refreshOrder = append(p.refreshOrder, refresh)
+		refreshTTL = p.cfg.RefreshTTL
 	}
+	access, refresh = p.issueLocked(ttl, refreshTTL)
 	p.issued.Add(1)
 	return access, refresh, ttl
 }
 
+// validLocked reports whether token is an access token of s that has
+// neither expired nor been revoked.
+func (s *tokenStore) validLocked(token string) bool {
+	st, ok := s.tokens[token]
+	return ok && !st.refresh && !st.revoked && time.Now().Before(st.expires)
+}
+
+// issueLocked makes a new access token living ttl and, when refreshTTL is
+// not zero, a refresh token living refreshTTL ("" otherwise).
+func (s *tokenStore) issueLocked(ttl, refreshTTL time.Duration) (access, refresh string) {
+	now := time.Now()
+	access = s.newTokenLocked()
+	s.tokens[access] = &tokenState{expires: now.Add(ttl)}
+	s.accessOrder = append(s.accessOrder, access)
+	if refreshTTL != 0 {
+		refresh = s.newTokenLocked()
+		s.tokens[refresh] = &tokenState{refresh: true, expires: now.Add(refreshTTL)}
+		s.refreshOrder = append(s.refreshOrder, refresh)
+	}
+	return access, refresh
+}
+
 // newTokenLocked returns 43 random base64url characters not used before.
-func (p *Provider) newTokenLocked() string {
+func (s *tokenStore) newTokenLocked() string {
 	for {
 		var b [32]byte
 		_, _ = rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
 		t := base64.RawURLEncoding.EncodeToString(b[:])
-		if _, dup := p.tokens[t]; !dup {
+		if _, dup := s.tokens[t]; !dup {
 			return t
 		}
 	}
@@ -567,7 +590,12 @@ const (
 func (p *Provider) redeem(token string) redeemResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st, ok := p.tokens[token]
+	return p.redeemLocked(token)
+}
+
+// redeemLocked is redeem with the owner's mutex held.
+func (s *tokenStore) redeemLocked(token string) redeemResult {
+	st, ok := s.tokens[token]
 	switch {
 	case !ok || !st.refresh:
 		return redeemUnknown

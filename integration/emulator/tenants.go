@@ -2,7 +2,6 @@ package emulator
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -143,8 +142,7 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.requests.Add(1)
 	n := p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
-	for m := p.mostInFlight.Load(); n > m && !p.mostInFlight.CompareAndSwap(m, n); m = p.mostInFlight.Load() {
-	}
+	raiseMax(&p.mostInFlight, n)
 	if r.Method != http.MethodPost || r.URL.Path != TenantTokenPath {
 		p.violation("%s %s, want POST %s", clip(r.Method), clip(r.URL.Path), TenantTokenPath)
 		http.Error(w, "not found", http.StatusNotFound)
@@ -195,7 +193,7 @@ func (p *TenantProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if id == "" || !known || subtle.ConstantTimeCompare([]byte(secret), []byte(want)) != 1 {
+	if id == "" || !known || !same(secret, want) {
 		p.mu.Lock()
 		p.rejected++
 		p.mu.Unlock()
