@@ -54,7 +54,10 @@ func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = NewHTTPClient(nil)
 	}
-	// The endpoint is the token URL, or the issuer's until it is found.
+	// The endpoint whose slots the client takes: the token URL, or with
+	// discovery the issuer (known before its metadata is: the sources of
+	// one issuer share its slots; an endpoint reached both through an
+	// issuer and as a token_url counts as two).
 	endpoint := cfg.TokenURL
 	if endpoint == "" {
 		endpoint = cfg.Issuer
