@@ -39,11 +39,12 @@ func tenantAccounts(n int) map[string]string {
 	return m
 }
 
-// startTenants starts a provider with n tenant accounts and a backend that
-// checks each request's token belongs to the tenant it names.
-func startTenants(t *testing.T, n int) (*emulator.TenantProvider, *emulator.TenantBackend) {
+// startTenantProvider starts a provider with accounts (client id to
+// secret), counted for the leak check; at the end of the test it must have
+// seen no malformed token request.
+func startTenantProvider(t *testing.T, accounts map[string]string) *emulator.TenantProvider {
 	t.Helper()
-	p := emulator.NewTenantProvider(tenantAccounts(n))
+	p := emulator.NewTenantProvider(accounts)
 	providersMu.Lock()
 	tenantProviders++
 	providersMu.Unlock()
@@ -53,6 +54,14 @@ func startTenants(t *testing.T, n int) (*emulator.TenantProvider, *emulator.Tena
 			t.Errorf("tenant provider saw malformed token requests: %q", v[:min(len(v), 5)])
 		}
 	})
+	return p
+}
+
+// startTenants starts a provider with n tenant accounts and a backend that
+// checks each request's token belongs to the tenant it names.
+func startTenants(t *testing.T, n int) (*emulator.TenantProvider, *emulator.TenantBackend) {
+	t.Helper()
+	p := startTenantProvider(t, tenantAccounts(n))
 	b := emulator.NewTenantBackend(p, func(tenant string) string { return "client-" + tenant })
 	t.Cleanup(b.Close)
 	return p, b
@@ -413,16 +422,7 @@ http://%s {
 // password from a file, the unknown subject to empty credentials. Each
 // device gets its tenant's token; a device the map does not know gets 403.
 func TestTenantsContractExample(t *testing.T) {
-	p := emulator.NewTenantProvider(map[string]string{"api-acme": "acme-pass-Qv7", "api-globex": "globex-pass-Qv7"})
-	providersMu.Lock()
-	tenantProviders++
-	providersMu.Unlock()
-	t.Cleanup(func() {
-		p.Close()
-		if v := p.Violations(); len(v) > 0 {
-			t.Errorf("provider saw malformed token requests: %q", v)
-		}
-	})
+	p := startTenantProvider(t, map[string]string{"api-acme": "acme-pass-Qv7", "api-globex": "globex-pass-Qv7"})
 	devices := map[string]string{"gw-acme": "api-acme", "gw-globex": "api-globex"}
 	b := emulator.NewTenantBackend(p, func(subject string) string { return devices[strings.TrimPrefix(subject, "CN=")] })
 	t.Cleanup(b.Close)
