@@ -88,7 +88,12 @@ const tenantSite = `
 
 // tenantGet sends one request for tenant through the gateway.
 func tenantGet(client *http.Client, g *gateway, tenant string) (int, error) {
-	req, _ := http.NewRequest(http.MethodGet, g.url("/api"), nil)
+	return tenantGetURL(client, g.url("/api"), tenant)
+}
+
+// tenantGetURL sends one GET of url for tenant.
+func tenantGetURL(client *http.Client, url, tenant string) (int, error) {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set(emulator.TenantHeader, tenant)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -394,16 +399,12 @@ http://%s {
 	for round := range 3 {
 		for i := range 20 {
 			for k, in := range ins {
-				req, _ := http.NewRequest(http.MethodGet, "http://"+in.addr+"/api", nil)
-				req.Header.Set(emulator.TenantHeader, fmt.Sprintf("t%d", i))
-				resp, err := client.Do(req)
+				status, err := tenantGetURL(client, "http://"+in.addr+"/api", fmt.Sprintf("t%d", i))
 				if err != nil {
 					t.Fatal(err)
 				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					t.Errorf("round %d, tenant t%d, instance %d: %d", round, i, k, resp.StatusCode)
+				if status != http.StatusOK {
+					t.Errorf("round %d, tenant t%d, instance %d: %d", round, i, k, status)
 				}
 			}
 		}
