@@ -96,6 +96,17 @@ func launch(t *testing.T, config func(in *instance) string) *instance {
 	return in
 }
 
+// launchFleet launches n instances, each with the Caddyfile that config
+// writes for it, one after another, each serving when it is returned.
+func launchFleet(t *testing.T, n int, config func(in *instance) string) []*instance {
+	t.Helper()
+	fleet := make([]*instance, 0, n)
+	for range n {
+		fleet = append(fleet, launch(t, config))
+	}
+	return fleet
+}
+
 // kill ends the process at once (SIGKILL), as a crash would.
 func (in *instance) kill() {
 	if in.cmd.Process != nil {

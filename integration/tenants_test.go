@@ -365,10 +365,8 @@ func TestTenantsAdminLogs(t *testing.T) {
 func TestTenantsShared(t *testing.T) {
 	p, b := startTenants(t, 20)
 	store := t.TempDir()
-	var ins []*instance
-	for range 2 {
-		ins = append(ins, launch(t, func(in *instance) string {
-			return fmt.Sprintf(`{
+	ins := launchFleet(t, 2, func(in *instance) string {
+		return fmt.Sprintf(`{
 	admin %s
 	auto_https off
 	storage file_system %s
@@ -393,8 +391,7 @@ http://%s {
 	reverse_proxy %s
 }
 `, in.admin, store, in.log, in.addr, p.TokenURL(), b.URL())
-		}))
-	}
+	})
 	client := &http.Client{Timeout: 30 * time.Second}
 	for round := range 3 {
 		for i := range 20 {
