@@ -153,12 +153,20 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// newGateway is a gateway of the in-process Caddy, not loaded yet, with a
+// fresh loopback port for its site and a DEBUG log named after the test.
+func newGateway(t *testing.T) *gateway {
+	t.Helper()
+	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	return g
+}
+
 // startGateway loads a config whose site serves site (the body of the site
 // block) on a fresh loopback port.
 func startGateway(t *testing.T, site string) *gateway {
 	t.Helper()
-	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g := newGateway(t)
 	g.load(site)
 	return g
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"golang.org/x/net/http2"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
@@ -205,8 +203,7 @@ func TestReplayVarsAsBefore(t *testing.T) {
 // by args.
 func startRawGateway(t *testing.T, config string, args ...any) *gateway {
 	t.Helper()
-	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g := newGateway(t)
 	g.loadRaw(fmt.Sprintf(config, append([]any{adminPort, g.log, g.addr}, args...)...))
 	return g
 }
