@@ -255,17 +255,7 @@ http://%[3]s {
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{ExpectContinueTimeout: time.Minute}}
 	defer client.CloseIdleConnections()
 	payload := bytes.Repeat([]byte("e"), 10<<10)
-	send := func() (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, g.url("/upload"), bytes.NewReader(payload))
-		req.Header.Set("Expect", "100-continue")
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("Expect: 100-continue: %v", err)
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, resp.Header.Get(emulator.BodyLengthHeader)
-	}
+	send := func() (int, string) { return postExpectContinue(t, client, g.url("/upload"), payload) }
 	if status, n := send(); status != http.StatusOK || n != strconv.Itoa(len(payload)) {
 		t.Fatalf("warm-up: %d, body %s bytes", status, n)
 	}
