@@ -424,12 +424,7 @@ http://%s {
 			for _, in := range fleet {
 				for range 3 {
 					wg.Go(func() {
-						st := 0
-						if resp, err := client.Get("http://" + in.addr + "/cold"); err == nil {
-							io.Copy(io.Discard, resp.Body)
-							resp.Body.Close()
-							st = resp.StatusCode
-						}
+						st := getStatus(client, "http://"+in.addr+"/cold")
 						mu.Lock()
 						statuses[st]++
 						slowest = max(slowest, time.Since(begin))

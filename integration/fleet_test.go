@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -117,14 +116,7 @@ func (in *instance) kill() {
 
 // get sends one request through the instance; status 0 on a transport error.
 func (in *instance) get(path string) int {
-	client := &http.Client{Timeout: 60 * time.Second}
-	resp, err := client.Get("http://" + in.addr + path)
-	if err != nil {
-		return 0
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	return getStatus(&http.Client{Timeout: 60 * time.Second}, "http://"+in.addr+path)
 }
 
 func (in *instance) logText() string {

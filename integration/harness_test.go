@@ -217,6 +217,18 @@ func (g *gateway) get(path string) (int, string, http.Header) {
 	return g.do(http.MethodGet, path, nil, nil)
 }
 
+// getStatus sends a GET of url with client and returns its status, with
+// the body read; 0 on a transport error.
+func getStatus(client *http.Client, url string) int {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // concurrently runs n GETs of path at once and returns how many got each
 // status.
 func (g *gateway) concurrently(n int, path string) map[int]int {
@@ -237,12 +249,7 @@ func (g *gateway) concurrently(n int, path string) map[int]int {
 		go func() {
 			defer wg.Done()
 			<-start
-			status := 0
-			if resp, err := client.Get(g.url(path)); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				status = resp.StatusCode
-			}
+			status := getStatus(client, g.url(path))
 			mu.Lock()
 			counts[status]++
 			mu.Unlock()
