@@ -412,12 +412,9 @@ http://%s {
 			p.SetSlowDelay(32 * time.Second)
 			p.SetMode(emulator.Slow)
 			b := startBackend(t, p)
-			var fleet []*instance
-			for range 3 {
-				fleet = append(fleet, launch(t, func(in *instance) string {
-					return fmt.Sprintf(config, in.admin, store.option, in.log, in.addr, p.TokenURL(), b.URL())
-				}))
-			}
+			fleet := launchFleet(t, 3, func(in *instance) string {
+				return fmt.Sprintf(config, in.admin, store.option, in.log, in.addr, p.TokenURL(), b.URL())
+			})
 			client := &http.Client{Timeout: 120 * time.Second}
 			var mu sync.Mutex
 			statuses := map[int]int{}
@@ -427,12 +424,7 @@ http://%s {
 			for _, in := range fleet {
 				for range 3 {
 					wg.Go(func() {
-						st := 0
-						if resp, err := client.Get("http://" + in.addr + "/cold"); err == nil {
-							io.Copy(io.Discard, resp.Body)
-							resp.Body.Close()
-							st = resp.StatusCode
-						}
+						st := getStatus(client, "http://"+in.addr+"/cold")
 						mu.Lock()
 						statuses[st]++
 						slowest = max(slowest, time.Since(begin))
@@ -695,12 +687,9 @@ http://%s {
 			p := startProvider(t, emulator.OneNCE)
 			p.SetTTL(6 * time.Second)
 			b := startBackend(t, p)
-			var fleet []*instance
-			for range 2 {
-				fleet = append(fleet, launch(t, func(in *instance) string {
-					return fmt.Sprintf(config, in.admin, store.option, in.log, in.addr, p.TokenURL(), b.URL())
-				}))
-			}
+			fleet := launchFleet(t, 2, func(in *instance) string {
+				return fmt.Sprintf(config, in.admin, store.option, in.log, in.addr, p.TokenURL(), b.URL())
+			})
 			for _, in := range fleet {
 				if st := in.get("/warm"); st != http.StatusOK {
 					t.Fatalf("warm-up: status %d", st)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -96,6 +95,17 @@ func launch(t *testing.T, config func(in *instance) string) *instance {
 	return in
 }
 
+// launchFleet launches n instances, each with the Caddyfile that config
+// writes for it, one after another, each serving when it is returned.
+func launchFleet(t *testing.T, n int, config func(in *instance) string) []*instance {
+	t.Helper()
+	fleet := make([]*instance, 0, n)
+	for range n {
+		fleet = append(fleet, launch(t, config))
+	}
+	return fleet
+}
+
 // kill ends the process at once (SIGKILL), as a crash would.
 func (in *instance) kill() {
 	if in.cmd.Process != nil {
@@ -106,14 +116,7 @@ func (in *instance) kill() {
 
 // get sends one request through the instance; status 0 on a transport error.
 func (in *instance) get(path string) int {
-	client := &http.Client{Timeout: 60 * time.Second}
-	resp, err := client.Get("http://" + in.addr + path)
-	if err != nil {
-		return 0
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	return getStatus(&http.Client{Timeout: 60 * time.Second}, "http://"+in.addr+path)
 }
 
 func (in *instance) logText() string {

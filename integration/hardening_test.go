@@ -59,12 +59,7 @@ func hammerPaths(t *testing.T, g *gateway, clients int, d time.Duration, pick fu
 			defer client.CloseIdleConnections()
 			for i := 0; time.Now().Before(deadline); i++ {
 				path := pick(c, i)
-				status := 0
-				if resp, err := client.Get(g.url(path)); err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					status = resp.StatusCode
-				}
+				status := getStatus(client, g.url(path))
 				mu.Lock()
 				if seen[path] == nil {
 					seen[path] = map[int]int{}

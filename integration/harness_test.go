@@ -153,12 +153,20 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// newGateway is a gateway of the in-process Caddy, not loaded yet, with a
+// fresh loopback port for its site and a DEBUG log named after the test.
+func newGateway(t *testing.T) *gateway {
+	t.Helper()
+	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	return g
+}
+
 // startGateway loads a config whose site serves site (the body of the site
 // block) on a fresh loopback port.
 func startGateway(t *testing.T, site string) *gateway {
 	t.Helper()
-	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g := newGateway(t)
 	g.load(site)
 	return g
 }
@@ -209,6 +217,18 @@ func (g *gateway) get(path string) (int, string, http.Header) {
 	return g.do(http.MethodGet, path, nil, nil)
 }
 
+// getStatus sends a GET of url with client and returns its status, with
+// the body read; 0 on a transport error.
+func getStatus(client *http.Client, url string) int {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // concurrently runs n GETs of path at once and returns how many got each
 // status.
 func (g *gateway) concurrently(n int, path string) map[int]int {
@@ -229,12 +249,7 @@ func (g *gateway) concurrently(n int, path string) map[int]int {
 		go func() {
 			defer wg.Done()
 			<-start
-			status := 0
-			if resp, err := client.Get(g.url(path)); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				status = resp.StatusCode
-			}
+			status := getStatus(client, g.url(path))
 			mu.Lock()
 			counts[status]++
 			mu.Unlock()

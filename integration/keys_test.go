@@ -947,10 +947,8 @@ func TestKeysFleetShared(t *testing.T) {
 	b := startIdPBackend(t, idp)
 	keyPath := keyFile(t, "pkcs8", key)
 	storage := t.TempDir()
-	var fleet []*instance
-	for range 2 {
-		fleet = append(fleet, launch(t, func(in *instance) string {
-			return fmt.Sprintf(`{
+	fleet := launchFleet(t, 2, func(in *instance) string {
+		return fmt.Sprintf(`{
 	admin off
 	auto_https off
 	storage file_system %s
@@ -973,8 +971,7 @@ http://%s {
 	reverse_proxy %s
 }
 `, storage, in.log, in.addr, idp.Issuer(), keyPath, b.URL())
-		}))
-	}
+	})
 	for i, in := range fleet {
 		for range 3 {
 			if status := in.get("/api"); status != http.StatusOK {

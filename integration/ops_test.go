@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
 )
@@ -420,8 +418,7 @@ func TestOpsEvents(t *testing.T) {
 	p := startProvider(t, emulator.ONEiO)
 	b := startBackend(t, p)
 	name := opsName("events")
-	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g := newGateway(t)
 	events := "\tevents {\n\t\ton token_obtained upstream_oauth_test_recorder\n\t\ton token_failed upstream_oauth_test_recorder\n\t}\n"
 	load := func(site string) {
 		t.Helper()

@@ -137,9 +137,7 @@ func TestTelenorRefreshFailures(t *testing.T) {
 				// The source's own attempt once the Retry-After is over
 				// redeems the refresh token kept (bounded wait: 3 s, and
 				// the backoff's jitter).
-				for deadline := time.Now().Add(15 * time.Second); front.counts()[1] < 2 && time.Now().Before(deadline); {
-					time.Sleep(50 * time.Millisecond)
-				}
+				eventually(15*time.Second, func() bool { return front.counts()[1] >= 2 })
 				if got := front.counts(); got != [2]int64{1, 2} || p.RefreshGrants() != 1 {
 					t.Errorf("token requests (password, refresh_token) %v, refresh grants %d after the Retry-After; want [1 2] and 1: the next attempt redeems the refresh token kept", got, p.RefreshGrants())
 				}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"golang.org/x/net/http2"
 
 	"github.com/caddy-upstream-oauth/upstream_oauth/integration/emulator"
@@ -205,8 +203,7 @@ func TestReplayVarsAsBefore(t *testing.T) {
 // by args.
 func startRawGateway(t *testing.T, config string, args ...any) *gateway {
 	t.Helper()
-	g := &gateway{t: t, tester: caddytest.NewTester(t), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	g.log = filepath.Join(logDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	g := newGateway(t)
 	g.loadRaw(fmt.Sprintf(config, append([]any{adminPort, g.log, g.addr}, args...)...))
 	return g
 }
@@ -258,17 +255,7 @@ http://%[3]s {
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{ExpectContinueTimeout: time.Minute}}
 	defer client.CloseIdleConnections()
 	payload := bytes.Repeat([]byte("e"), 10<<10)
-	send := func() (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, g.url("/upload"), bytes.NewReader(payload))
-		req.Header.Set("Expect", "100-continue")
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("Expect: 100-continue: %v", err)
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, resp.Header.Get(emulator.BodyLengthHeader)
-	}
+	send := func() (int, string) { return postExpectContinue(t, client, g.url("/upload"), payload) }
 	if status, n := send(); status != http.StatusOK || n != strconv.Itoa(len(payload)) {
 		t.Fatalf("warm-up: %d, body %s bytes", status, n)
 	}

@@ -229,6 +229,21 @@ http://%s {
 	pw.Close()
 }
 
+// postExpectContinue POSTs body to url with Expect: 100-continue and returns
+// the status and the body length the backend reports having read.
+func postExpectContinue(t *testing.T, client *http.Client, url string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Expect", "100-continue")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("Expect: 100-continue: %v", err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get(emulator.BodyLengthHeader)
+}
+
 // TestExpectContinue: a client that sends Expect: 100-continue gets its
 // body through, and the replay after a refused token carries it too.
 func TestExpectContinue(t *testing.T) {
@@ -236,17 +251,7 @@ func TestExpectContinue(t *testing.T) {
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}
 	defer client.CloseIdleConnections()
 	body := bytes.Repeat([]byte("e"), 10<<10)
-	send := func() (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, g.url("/expect"), bytes.NewReader(body))
-		req.Header.Set("Expect", "100-continue")
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, resp.Header.Get(emulator.BodyLengthHeader)
-	}
+	send := func() (int, string) { return postExpectContinue(t, client, g.url("/expect"), body) }
 	if status, n := send(); status != http.StatusOK || n != strconv.Itoa(len(body)) {
 		t.Errorf("Expect: 100-continue: %d, body %s bytes; want 200 with all %d", status, n, len(body))
 	}

@@ -39,11 +39,12 @@ func tenantAccounts(n int) map[string]string {
 	return m
 }
 
-// startTenants starts a provider with n tenant accounts and a backend that
-// checks each request's token belongs to the tenant it names.
-func startTenants(t *testing.T, n int) (*emulator.TenantProvider, *emulator.TenantBackend) {
+// startTenantProvider starts a provider with accounts (client id to
+// secret), counted for the leak check; at the end of the test it must have
+// seen no malformed token request.
+func startTenantProvider(t *testing.T, accounts map[string]string) *emulator.TenantProvider {
 	t.Helper()
-	p := emulator.NewTenantProvider(tenantAccounts(n))
+	p := emulator.NewTenantProvider(accounts)
 	providersMu.Lock()
 	tenantProviders++
 	providersMu.Unlock()
@@ -53,6 +54,14 @@ func startTenants(t *testing.T, n int) (*emulator.TenantProvider, *emulator.Tena
 			t.Errorf("tenant provider saw malformed token requests: %q", v[:min(len(v), 5)])
 		}
 	})
+	return p
+}
+
+// startTenants starts a provider with n tenant accounts and a backend that
+// checks each request's token belongs to the tenant it names.
+func startTenants(t *testing.T, n int) (*emulator.TenantProvider, *emulator.TenantBackend) {
+	t.Helper()
+	p := startTenantProvider(t, tenantAccounts(n))
 	b := emulator.NewTenantBackend(p, func(tenant string) string { return "client-" + tenant })
 	t.Cleanup(b.Close)
 	return p, b
@@ -79,7 +88,12 @@ const tenantSite = `
 
 // tenantGet sends one request for tenant through the gateway.
 func tenantGet(client *http.Client, g *gateway, tenant string) (int, error) {
-	req, _ := http.NewRequest(http.MethodGet, g.url("/api"), nil)
+	return tenantGetURL(client, g.url("/api"), tenant)
+}
+
+// tenantGetURL sends one GET of url for tenant.
+func tenantGetURL(client *http.Client, url, tenant string) (int, error) {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set(emulator.TenantHeader, tenant)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -351,10 +365,8 @@ func TestTenantsAdminLogs(t *testing.T) {
 func TestTenantsShared(t *testing.T) {
 	p, b := startTenants(t, 20)
 	store := t.TempDir()
-	var ins []*instance
-	for range 2 {
-		ins = append(ins, launch(t, func(in *instance) string {
-			return fmt.Sprintf(`{
+	ins := launchFleet(t, 2, func(in *instance) string {
+		return fmt.Sprintf(`{
 	admin %s
 	auto_https off
 	storage file_system %s
@@ -379,22 +391,17 @@ http://%s {
 	reverse_proxy %s
 }
 `, in.admin, store, in.log, in.addr, p.TokenURL(), b.URL())
-		}))
-	}
+	})
 	client := &http.Client{Timeout: 30 * time.Second}
 	for round := range 3 {
 		for i := range 20 {
 			for k, in := range ins {
-				req, _ := http.NewRequest(http.MethodGet, "http://"+in.addr+"/api", nil)
-				req.Header.Set(emulator.TenantHeader, fmt.Sprintf("t%d", i))
-				resp, err := client.Do(req)
+				status, err := tenantGetURL(client, "http://"+in.addr+"/api", fmt.Sprintf("t%d", i))
 				if err != nil {
 					t.Fatal(err)
 				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					t.Errorf("round %d, tenant t%d, instance %d: %d", round, i, k, resp.StatusCode)
+				if status != http.StatusOK {
+					t.Errorf("round %d, tenant t%d, instance %d: %d", round, i, k, status)
 				}
 			}
 		}
@@ -413,16 +420,7 @@ http://%s {
 // password from a file, the unknown subject to empty credentials. Each
 // device gets its tenant's token; a device the map does not know gets 403.
 func TestTenantsContractExample(t *testing.T) {
-	p := emulator.NewTenantProvider(map[string]string{"api-acme": "acme-pass-Qv7", "api-globex": "globex-pass-Qv7"})
-	providersMu.Lock()
-	tenantProviders++
-	providersMu.Unlock()
-	t.Cleanup(func() {
-		p.Close()
-		if v := p.Violations(); len(v) > 0 {
-			t.Errorf("provider saw malformed token requests: %q", v)
-		}
-	})
+	p := startTenantProvider(t, map[string]string{"api-acme": "acme-pass-Qv7", "api-globex": "globex-pass-Qv7"})
 	devices := map[string]string{"gw-acme": "api-acme", "gw-globex": "api-globex"}
 	b := emulator.NewTenantBackend(p, func(subject string) string { return devices[strings.TrimPrefix(subject, "CN=")] })
 	t.Cleanup(b.Close)
