@@ -208,20 +208,8 @@ func (e *UnavailableError) Unwrap() error { return e.Err }
 // one token request in flight and waits for it or ctx; while backing off
 // after a failure it returns an *UnavailableError at once.
 func (s *Source) Get(ctx context.Context) (*grants.Token, error) {
-	if !s.used.Load() {
-		s.used.Store(true)
-	}
-	st := s.snap.Load()
-	// One read of the monotonic clock (time.Until), half the price of
-	// time.Now: left is how long the token lasts; a renewal is due once left
-	// is down to the time between renewAt and expiry.
-	if st.tok != nil {
-		if left := time.Until(st.expiry); left > 0 {
-			if left <= st.expiry.Sub(st.renewAt) {
-				s.renewSoon(st)
-			}
-			return st.tok, nil
-		}
+	if st, ok := s.held(); ok {
+		return st.tok, nil
 	}
 	return s.wait(ctx)
 }
@@ -249,6 +237,9 @@ func (s *Source) held() (*snapshot, bool) {
 	if st.tok == nil {
 		return nil, false
 	}
+	// One read of the monotonic clock (time.Until), half the price of
+	// time.Now: left is how long the token lasts; a renewal is due once left
+	// is down to the time between renewAt and expiry.
 	left := time.Until(st.expiry)
 	if left <= 0 {
 		return nil, false
