@@ -129,7 +129,9 @@ func storageID(c grants.Config) (string, error) {
 	return hex.EncodeToString(sum[:16]), nil
 }
 
-// record is the stored (then encrypted) form of a token.
+// record is the stored (then encrypted) form of a token: grants.Token's
+// fields, with the JSON names of the format. It converts to and from
+// grants.Token, so a field added there must be added here, in the format.
 type record struct {
 	AccessToken  string        `json:"access_token"`
 	TokenType    string        `json:"token_type,omitempty"`
@@ -234,10 +236,7 @@ func (sh *Shared) seal(ctx context.Context, tok *grants.Token) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	plain, err := json.Marshal(record{ //nolint:gosec // G117: the token is what is stored, and it is encrypted below
-		AccessToken: tok.AccessToken, TokenType: tok.TokenType, RefreshToken: tok.RefreshToken,
-		Scope: tok.Scope, Lifetime: tok.Lifetime, Obtained: tok.Obtained, Expiry: tok.Expiry,
-	})
+	plain, err := json.Marshal(record(*tok)) //nolint:gosec // G117: the token is what is stored, and it is encrypted below
 	if err != nil {
 		return nil, err
 	}
@@ -286,8 +285,6 @@ func (sh *Shared) open(ctx context.Context, data []byte) (*grants.Token, error) 
 	if json.Unmarshal(plain, &r) != nil || r.AccessToken == "" || r.Lifetime <= 0 {
 		return nil, unreadable("malformed token")
 	}
-	return &grants.Token{
-		AccessToken: r.AccessToken, TokenType: r.TokenType, RefreshToken: r.RefreshToken,
-		Scope: r.Scope, Lifetime: r.Lifetime, Obtained: r.Obtained, Expiry: r.Expiry,
-	}, nil
+	tok := grants.Token(r)
+	return &tok, nil
 }

@@ -53,9 +53,8 @@ type Shared struct {
 	writer *sealKey   // the key new records are sealed with
 
 	mu        sync.Mutex
-	degraded  bool          // storage failed last time: fetching on our own
 	downUntil time.Time     // until then the storage is not tried
-	downFor   time.Duration // how long the last failure keeps it untried
+	downFor   time.Duration // how long the last failure keeps it untried; 0 while the storage works
 
 	hung                         atomic.Int32 // storage calls given up on that have not returned
 	skewLogged, unreadableLogged atomic.Bool
@@ -428,8 +427,7 @@ func (sh *Shared) isDown(now time.Time) bool {
 // to downMax), so that renewals do not each pay for it.
 func (sh *Shared) fail(s *Source, what string, err error) {
 	sh.mu.Lock()
-	first := !sh.degraded
-	sh.degraded = true
+	first := sh.downFor == 0
 	sh.downFor = min(max(2*sh.downFor, downMin), downMax)
 	sh.downUntil = time.Now().Add(sh.downFor)
 	retry := sh.downFor
@@ -443,8 +441,8 @@ func (sh *Shared) fail(s *Source, what string, err error) {
 // restored logs the end of an outage.
 func (sh *Shared) restored(s *Source) {
 	sh.mu.Lock()
-	was := sh.degraded
-	sh.degraded, sh.downFor, sh.downUntil = false, 0, time.Time{}
+	was := sh.downFor > 0
+	sh.downFor, sh.downUntil = 0, time.Time{}
 	sh.mu.Unlock()
 	if was {
 		s.log.Info("shared storage is back; sharing tokens again")

@@ -558,7 +558,7 @@ func TestSharedStorageDownFallsBack(t *testing.T) {
 	if err != nil || tok == nil {
 		t.Fatalf("with the storage down: %v", err)
 	}
-	if !sh.degraded || !sh.isDown(time.Now()) {
+	if sh.downFor == 0 || !sh.isDown(time.Now()) {
 		t.Error("the outage was not noted")
 	}
 	for range 3 {
@@ -577,7 +577,7 @@ func TestSharedStorageDownFallsBack(t *testing.T) {
 	if err := s.Renew(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if sh.degraded {
+	if sh.downFor != 0 {
 		t.Error("the storage's return was not noted")
 	}
 	if _, err := st.Load(context.Background(), sh.Key()); err != nil {

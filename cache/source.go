@@ -208,20 +208,8 @@ func (e *UnavailableError) Unwrap() error { return e.Err }
 // one token request in flight and waits for it or ctx; while backing off
 // after a failure it returns an *UnavailableError at once.
 func (s *Source) Get(ctx context.Context) (*grants.Token, error) {
-	if !s.used.Load() {
-		s.used.Store(true)
-	}
-	st := s.snap.Load()
-	// One read of the monotonic clock (time.Until), half the price of
-	// time.Now: left is how long the token lasts; a renewal is due once left
-	// is down to the time between renewAt and expiry.
-	if st.tok != nil {
-		if left := time.Until(st.expiry); left > 0 {
-			if left <= st.expiry.Sub(st.renewAt) {
-				s.renewSoon(st)
-			}
-			return st.tok, nil
-		}
+	if st, ok := s.held(); ok {
+		return st.tok, nil
 	}
 	return s.wait(ctx)
 }
@@ -249,6 +237,9 @@ func (s *Source) held() (*snapshot, bool) {
 	if st.tok == nil {
 		return nil, false
 	}
+	// One read of the monotonic clock (time.Until), half the price of
+	// time.Now: left is how long the token lasts; a renewal is due once left
+	// is down to the time between renewAt and expiry.
 	left := time.Until(st.expiry)
 	if left <= 0 {
 		return nil, false
@@ -611,16 +602,22 @@ func (s *Source) backoff(n int, err error) time.Duration {
 	if isProvider && pe.Credentials() {
 		base *= 8
 	}
-	ceiling := base
-	for i := 1; i < n && ceiling < s.opts.BackoffMax; i++ {
-		ceiling *= 2
-	}
-	ceiling = min(ceiling, max(s.opts.BackoffMax, base))
+	ceiling := doubled(base, n, s.opts.BackoffMax)
 	delay := base + time.Duration(weakrand.Int64N(int64(ceiling-base)+1))
 	if isProvider {
 		delay = max(delay, min(pe.RetryAfter, grants.MaxRetryAfter))
 	}
 	return delay
+}
+
+// doubled is base·2ⁿ⁻¹, at most limit, and never less than base: the
+// ceiling of backoff's n-th delay, and retireSpacing's.
+func doubled(base time.Duration, n int, limit time.Duration) time.Duration {
+	d := base
+	for i := 1; i < n && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, max(limit, base))
 }
 
 // scheduleLocked sets the one timer of the source to fire after d.
@@ -697,13 +694,10 @@ func (s *Source) retireWaitLocked(now time.Time) time.Duration {
 }
 
 // retireSpacing is the least time between the n-th retirement in a row and
-// the next: RetireBase·2ⁿ⁻¹, at most RetireMax.
+// the next: RetireBase·2ⁿ⁻¹, at most RetireMax (which New keeps at least
+// RetireBase).
 func (s *Source) retireSpacing(n int) time.Duration {
-	d := s.opts.RetireBase
-	for i := 1; i < n && d < s.opts.RetireMax; i++ {
-		d *= 2
-	}
-	return min(d, s.opts.RetireMax)
+	return doubled(s.opts.RetireBase, n, s.opts.RetireMax)
 }
 
 // Renew starts a token request now, even while backing off, and waits for it
