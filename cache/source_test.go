@@ -465,6 +465,17 @@ func TestRefreshTokenGrant(t *testing.T) {
 		results = append(results, r)
 		mu.Unlock()
 	}})
+	// An attempt's last result is reported after its flight ends (after
+	// Renew returns): each step waits for it, so that the next attempt's
+	// results come after it, in the order of the token requests.
+	settle := func() {
+		t.Helper()
+		eventually(t, 10*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(results) == int(f.total())
+		}, "results and token requests differ in number")
+	}
 
 	tok1, err := s.Get(context.Background())
 	if err != nil {
@@ -473,11 +484,13 @@ func TestRefreshTokenGrant(t *testing.T) {
 	if f.tokens.Load() != 1 || f.refreshes.Load() != 0 {
 		t.Fatalf("first token: Token %d, Refresh %d calls; want 1, 0", f.tokens.Load(), f.refreshes.Load())
 	}
+	settle()
 
 	// Renewal with the refresh token.
 	if err := s.Renew(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	settle()
 	if f.tokens.Load() != 1 || f.refreshes.Load() != 1 {
 		t.Fatalf("renewal: Token %d, Refresh %d calls; want 1, 1", f.tokens.Load(), f.refreshes.Load())
 	}
@@ -495,6 +508,7 @@ func TestRefreshTokenGrant(t *testing.T) {
 	if err := s.Renew(context.Background()); err != nil {
 		t.Fatalf("Renew with a failing refresh: %v", err)
 	}
+	settle()
 	if f.tokens.Load() != 2 || f.refreshes.Load() != 2 {
 		t.Fatalf("fallback: Token %d, Refresh %d calls; want 2, 2", f.tokens.Load(), f.refreshes.Load())
 	}
@@ -516,11 +530,13 @@ func TestRefreshTokenGrant(t *testing.T) {
 	if err := s.Renew(context.Background()); err == nil {
 		t.Fatal("Renew succeeded with both grants failing")
 	}
+	settle()
 	f.setTokenErr(nil)
 	f.setRefreshErr(nil)
 	if err := s.Renew(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	settle()
 	h = f.history()
 	if last := h[len(h)-1]; last.kind != "token" || h[len(h)-2].kind != "token" || h[len(h)-3].kind != "refresh" {
 		t.Fatalf("after both grants failed, calls were %v", kinds(h))
